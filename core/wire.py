@@ -1,0 +1,214 @@
+"""Wire types of the HTTP API (API.md), shared by the gateway and the SDK.
+
+Requests refuse unknown fields so a typo is an error, not a silent default; responses
+accept them so old clients keep working against newer servers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .states import EventType, JobState
+
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+Priority = Annotated[int, Meta(ge=-1000, le=1000)]
+MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
+JobIdStr = Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")]
+UtcTime = Annotated[datetime, Meta(tz=True)]
+MAX_BATCH = 1000
+
+
+class _Request(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class _Response(Struct, kw_only=True, frozen=True):
+    pass
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+
+class JobSubmit(_Request):
+    payload: dict[str, Any] = {}
+    queue: Name = "default"
+    kind: Annotated[str, Meta(max_length=128)] = ""
+    priority: Priority = 0
+    run_at: UtcTime | None = None
+    delay_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
+    max_attempts: MaxAttempts | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 86_400)] | None = None
+
+
+class JobBatchSubmit(_Request):
+    jobs: Annotated[list[JobSubmit], Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class Job(_Response):
+    id: str
+    tenant_id: str
+    queue: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    state: JobState
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    last_error: str | None = None
+    idempotency_key: str | None = None
+    timeout_seconds: int | None = None
+    cancel_requested: bool = False
+
+
+class LeasedJob(Job):
+    lease_token: int = 0
+    lease_expires_at: datetime | None = None
+
+
+class JobList(_Response):
+    jobs: list[Job]
+    next: str | None = None
+
+
+class JobBatch(_Response):
+    jobs: list[Job]
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+class LeaseRequest(_Request):
+    worker_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    queues: Annotated[list[Name], Meta(min_length=1, max_length=64)] = msgspec.field(default_factory=lambda: ["default"])
+    max_jobs: Annotated[int, Meta(ge=1, le=100)] = 1
+    wait_ms: Annotated[int, Meta(ge=0, le=60_000)] = 30_000
+    lease_seconds: Annotated[int, Meta(ge=1, le=3600)] = 30
+
+
+class LeaseResponse(_Response):
+    jobs: list[LeasedJob]
+
+
+class Heartbeat(_Request):
+    lease_token: int
+    extend_seconds: Annotated[int, Meta(ge=1, le=3600)] | None = None
+
+
+class HeartbeatResponse(_Response):
+    lease_expires_at: datetime
+    cancel_requested: bool
+
+
+class Complete(_Request):
+    lease_token: int
+    result: Any = None
+
+
+class Fail(_Request):
+    lease_token: int
+    error: Annotated[str, Meta(max_length=65_536)]
+    retryable: bool = True
+    retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
+
+
+class AckComplete(_Request):
+    id: JobIdStr
+    lease_token: int
+    result: Any = None
+
+
+class AckFail(_Request):
+    id: JobIdStr
+    lease_token: int
+    error: Annotated[str, Meta(max_length=65_536)]
+    retryable: bool = True
+    retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
+
+
+class Ack(_Request):
+    complete: Annotated[list[AckComplete], Meta(max_length=MAX_BATCH)] = []
+    fail: Annotated[list[AckFail], Meta(max_length=MAX_BATCH)] = []
+
+
+class AckResult(_Response):
+    id: str
+    status: Literal[200, 404, 409]
+    state: JobState | None = None
+
+
+class AckResponse(_Response):
+    results: list[AckResult]
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+class Event(_Response):
+    id: str
+    type: EventType
+    job_id: str
+    tenant_id: str
+    queue: str
+    at: datetime
+    data: dict[str, Any] = {}
+
+
+# --- operator ------------------------------------------------------------------------------
+
+
+class TenantCreate(_Request):
+    id: Name
+    name: Annotated[str, Meta(max_length=256)] = ""
+    weight: Annotated[int, Meta(ge=1, le=10_000)] = 1
+    max_inflight: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
+
+
+class TenantPatch(_Request):
+    name: Annotated[str, Meta(max_length=256)] | None = None
+    weight: Annotated[int, Meta(ge=1, le=10_000)] | None = None
+    max_inflight: Annotated[int, Meta(ge=0, le=1_000_000)] | None | msgspec.UnsetType = msgspec.UNSET
+    disabled: bool | None = None
+
+
+class Tenant(_Response):
+    id: str
+    name: str
+    weight: int
+    max_inflight: int | None
+    disabled: bool
+    created_at: datetime
+
+
+class TenantCreated(_Response):
+    tenant: Tenant
+    api_key: str
+
+
+class TenantList(_Response):
+    tenants: list[Tenant]
+
+
+class ApiKey(_Response):
+    api_key: str
+
+
+class Reaped(_Response):
+    requeued: int
+
+
+class Problem(_Response):
+    type: str
+    title: str
+    status: int
+    detail: str
+    field: str | None = None

@@ -1,0 +1,202 @@
+"""Job commands: each takes an explicit connection, opens no transaction of its own, and is
+batch-first, so callers compose several in one transaction."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from core.wire import Job, LeasedJob
+
+from ._queries import sql
+from .rows import job_from_row, leased_job_from_row
+
+MAX_JOB_ID = 2**63 - 1
+
+_INSERT_MANY = sql("job_insert_many")
+_BY_KEYS = sql("job_get_by_idempotency_keys")
+_GET = sql("job_get")
+_LIST = sql("job_list")
+_LIST_BY_STATE = sql("job_list_by_state")
+_LEASE_CANDIDATES = sql("tenant_lease_candidates")
+_INFLIGHT_LOCK = sql("tenant_inflight_lock")
+_INFLIGHT_ROOM = sql("tenant_inflight_room")
+_LEASE = sql("job_lease")
+_HEARTBEAT = sql("job_heartbeat")
+_COMPLETE_MANY = sql("job_complete_many")
+_FAIL_MANY = sql("job_fail_many")
+_REAP = sql("job_reap_expired")
+_PROMOTE = sql("job_promote_due")
+_NEXT_DUE = sql("job_next_due_in")
+_READY_QUEUES = sql("job_ready_queues")
+
+
+class NewJob(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    max_attempts: int
+    run_at: datetime | None = None
+    delay_ms: int | None = None
+    idempotency_key: str | None = None
+    timeout_seconds: int | None = None
+
+
+class Inserted(msgspec.Struct, frozen=True):
+    job: Job
+    created: bool
+
+
+async def job_insert_many(conn: asyncpg.Connection, tenant_id: str, jobs: Sequence[NewJob]) -> list[Inserted]:
+    """Insert jobs in order; an idempotency key seen before yields the first job, not a new one."""
+    rows = await conn.fetch(
+        _INSERT_MANY,
+        tenant_id,
+        [j.queue for j in jobs],
+        [j.kind for j in jobs],
+        [j.payload for j in jobs],
+        [j.priority for j in jobs],
+        [j.delay_ms for j in jobs],
+        [j.run_at for j in jobs],
+        [j.max_attempts for j in jobs],
+        [j.idempotency_key for j in jobs],
+        [j.timeout_seconds for j in jobs],
+    )
+    # Inserted rows come back in input order (ids follow it); rows with a key may be missing.
+    by_key = {r["idempotency_key"]: job_from_row(r) for r in rows if r["idempotency_key"] is not None}
+    keyless = iter([job_from_row(r) for r in rows if r["idempotency_key"] is None])
+    missing = [j.idempotency_key for j in jobs if j.idempotency_key is not None and j.idempotency_key not in by_key]
+    existing: dict[str, Job] = {}
+    if missing:
+        for r in await conn.fetch(_BY_KEYS, tenant_id, missing):
+            existing[r["idempotency_key"]] = job_from_row(r)
+    out: list[Inserted] = []
+    for j in jobs:
+        key = j.idempotency_key
+        if key is None:
+            out.append(Inserted(next(keyless), True))
+        elif key in by_key:
+            # A key repeated inside one batch: its first occurrence created the job.
+            out.append(Inserted(by_key.pop(key), True))
+            existing[key] = out[-1].job
+        else:
+            out.append(Inserted(existing[key], False))
+    return out
+
+
+async def job_get(conn: asyncpg.Connection, job_id: int, tenant_id: str | None) -> Job | None:
+    row = await conn.fetchrow(_GET, job_id, tenant_id)
+    return None if row is None else job_from_row(row)
+
+
+async def job_list(
+    conn: asyncpg.Connection, tenant_id: str, *, state: str | None, queue: str | None, before_id: int | None, limit: int
+) -> list[Job]:
+    before = MAX_JOB_ID if before_id is None else before_id
+    if state is None:
+        rows = await conn.fetch(_LIST, tenant_id, queue, before, limit)
+    else:
+        rows = await conn.fetch(_LIST_BY_STATE, tenant_id, state, queue, before, limit)
+    return [job_from_row(r) for r in rows]
+
+
+async def tenant_lease_candidates(
+    conn: asyncpg.Connection, after_tenant: str, queues: Sequence[str], limit: int
+) -> list[tuple[str, int | None]]:
+    rows = await conn.fetch(_LEASE_CANDIDATES, after_tenant, list(queues), limit)
+    return [(r["id"], r["max_inflight"]) for r in rows]
+
+
+async def tenant_inflight_room(conn: asyncpg.Connection, tenant_id: str) -> int:
+    """Lock the tenant's cap for this transaction and return how many more jobs fit under it."""
+    await conn.execute(_INFLIGHT_LOCK, tenant_id)
+    room: int | None = await conn.fetchval(_INFLIGHT_ROOM, tenant_id)
+    return room or 0
+
+
+async def job_lease(
+    conn: asyncpg.Connection, tenant_id: str, queues: Sequence[str], limit: int, lease_seconds: int, worker_id: str
+) -> list[LeasedJob]:
+    rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id)
+    return [leased_job_from_row(r) for r in rows]
+
+
+async def job_heartbeat(
+    conn: asyncpg.Connection, job_id: int, lease_token: int, extend_seconds: int, tenant_id: str | None
+) -> tuple[datetime, bool] | None:
+    row = await conn.fetchrow(_HEARTBEAT, job_id, lease_token, extend_seconds, tenant_id)
+    return None if row is None else (row["lease_expires_at"], row["cancel_requested"])
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """A job after a complete or fail: `changed` is False when this call changed nothing."""
+
+    job: Job
+    changed: bool
+    lease_token: int | None
+
+
+def _outcomes(rows: Sequence[asyncpg.Record]) -> dict[int, Outcome]:
+    return {r["id"]: Outcome(job_from_row(r), r["changed"], r["lease_token"]) for r in rows}
+
+
+async def job_complete_many(
+    conn: asyncpg.Connection, items: Sequence[tuple[int, int, Any]], tenant_id: str | None
+) -> dict[int, Outcome]:
+    """Complete (job id, lease token, result) items; jobs not visible to the tenant are absent."""
+    rows = await conn.fetch(
+        _COMPLETE_MANY, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], tenant_id
+    )
+    return _outcomes(rows)
+
+
+class FailItem(msgspec.Struct, frozen=True):
+    job_id: int
+    lease_token: int
+    error: str
+    retryable: bool
+    retry_in_ms: int | None
+
+
+async def job_fail_many(
+    conn: asyncpg.Connection, items: Sequence[FailItem], tenant_id: str | None, *, base_ms: int, cap_ms: int
+) -> dict[int, Outcome]:
+    rows = await conn.fetch(
+        _FAIL_MANY,
+        [i.job_id for i in items],
+        [i.lease_token for i in items],
+        [i.error for i in items],
+        [i.retryable for i in items],
+        [i.retry_in_ms for i in items],
+        [random.random() for _ in items],
+        base_ms,
+        cap_ms,
+        tenant_id,
+    )
+    return _outcomes(rows)
+
+
+async def job_reap_expired(conn: asyncpg.Connection, *, limit: int, base_ms: int, cap_ms: int) -> int:
+    n: int = await conn.fetchval(_REAP, limit, base_ms, cap_ms)
+    return n
+
+
+async def job_promote_due(conn: asyncpg.Connection, *, limit: int) -> int:
+    n: int = await conn.fetchval(_PROMOTE, limit)
+    return n
+
+
+async def job_next_due_in(conn: asyncpg.Connection) -> float | None:
+    """Seconds until the earliest scheduled job is due, or None when none is scheduled."""
+    v: float | None = await conn.fetchval(_NEXT_DUE)
+    return v
+
+
+async def job_ready_queues(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+    return [(r["tenant_id"], r["queue"]) for r in await conn.fetch(_READY_QUEUES)]

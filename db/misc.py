@@ -1,0 +1,22 @@
+"""Liveness and notification probes."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from ._queries import sql
+
+_PING = sql("ping")
+_NOTIFY_PROBE = sql("notify_probe")
+
+CHANNEL_JOBS = "orch_jobs"
+CHANNEL_EVENTS = "orch_events"
+CHANNEL_PROBE = "orch_probe"
+
+
+async def ping(conn: asyncpg.Connection) -> None:
+    await conn.fetchval(_PING)
+
+
+async def notify_probe(conn: asyncpg.Connection, token: str) -> None:
+    await conn.execute(_NOTIFY_PROBE, token)

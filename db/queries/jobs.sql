@@ -1,0 +1,221 @@
+-- name: job_insert_many
+-- Inserts a batch for one tenant in input order; rows whose idempotency key exists are skipped
+-- (the caller looks those up). Each inserted job writes its job.created event.
+WITH input AS (
+    SELECT *
+      FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::timestamptz[],
+                  $8::int[], $9::text[], $10::int[]) WITH ORDINALITY
+           AS i(queue, kind, payload, priority, delay_ms, run_at, max_attempts, idempotency_key,
+                timeout_seconds, ord)
+), ins AS (
+    INSERT INTO jobs (tenant_id, queue, kind, payload, priority, state, max_attempts, run_at,
+                      idempotency_key, timeout_seconds)
+    SELECT $1, i.queue, i.kind, i.payload, i.priority,
+           CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'ready' END::job_state,
+           i.max_attempts, t.run_at, i.idempotency_key, i.timeout_seconds
+      FROM input i
+      CROSS JOIN LATERAL (SELECT coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond') AS run_at) t
+     ORDER BY i.ord
+    ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING *
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue, 'job.created',
+           jsonb_build_object('kind', kind, 'state', state, 'run_at', run_at, 'priority', priority)
+      FROM ins ORDER BY id
+)
+SELECT * FROM ins ORDER BY id;
+
+-- name: job_get_by_idempotency_keys
+SELECT * FROM jobs WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[]);
+
+-- name: job_get
+-- $2 scopes the lookup to a tenant; NULL (a shared worker) sees every tenant's job.
+SELECT * FROM jobs WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2);
+
+-- name: job_list
+SELECT * FROM jobs
+ WHERE tenant_id = $1 AND ($2::text IS NULL OR queue = $2) AND id < $3
+ ORDER BY id DESC
+ LIMIT $4;
+
+-- name: job_list_by_state
+SELECT * FROM jobs
+ WHERE tenant_id = $1 AND state = $2::job_state AND ($3::text IS NULL OR queue = $3) AND id < $4
+ ORDER BY id DESC
+ LIMIT $5;
+
+-- name: tenant_lease_candidates
+-- Tenants with a ready job in the queues and room under their cap, in round-robin order after
+-- the cursor. One index probe per tenant; weighted fair share replaces this pick.
+SELECT t.id, t.max_inflight
+  FROM tenants t
+ WHERE NOT t.disabled
+   AND EXISTS (SELECT 1 FROM jobs j
+                WHERE j.tenant_id = t.id AND j.queue = ANY($2::text[]) AND j.state = 'ready')
+   AND (t.max_inflight IS NULL
+        OR t.max_inflight > (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
+ ORDER BY t.id <= $1, t.id
+ LIMIT $3;
+
+-- name: tenant_inflight_lock
+-- Serialises leases of one capped tenant so that counting its running jobs and leasing more
+-- cannot interleave; uncapped tenants never take it.
+SELECT pg_advisory_xact_lock(hashtextextended('orch.inflight:' || $1, 0));
+
+-- name: tenant_inflight_room
+SELECT greatest(0, t.max_inflight - (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
+  FROM tenants t WHERE t.id = $1;
+
+-- name: job_lease
+-- Bounded SKIP LOCKED pick inside the CTE: at most $3 rows are ever locked.
+WITH picked AS (
+    SELECT id FROM jobs
+     WHERE tenant_id = $1 AND queue = ANY($2::text[]) AND state = 'ready'
+     ORDER BY priority DESC, id
+     LIMIT $3
+       FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE jobs j
+       SET state = 'running',
+           attempts = j.attempts + 1,
+           lease_token = nextval('lease_token_seq'),
+           lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
+           started_at = now(),
+           worker_id = $5
+      FROM picked
+     WHERE j.id = picked.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue, 'job.started',
+           jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
+      FROM leased ORDER BY id
+)
+SELECT * FROM leased ORDER BY priority DESC, id;
+
+-- name: job_heartbeat
+-- A job with a hard timeout is never extended past started_at + timeout_seconds.
+UPDATE jobs
+   SET lease_expires_at = least(now() + make_interval(secs => $3),
+                                started_at + make_interval(secs => coalesce(timeout_seconds, 2147483647)))
+ WHERE id = $1 AND lease_token = $2 AND state = 'running' AND ($4::text IS NULL OR tenant_id = $4)
+RETURNING lease_expires_at, cancel_requested;
+
+-- name: job_complete_many
+-- Rows that changed come back with changed = true; the others in their current state, so the
+-- caller can tell a repeated completion (same token, already succeeded) from a stale token.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS i(id, token, result)
+), done AS (
+    UPDATE jobs j
+       SET state = 'succeeded', finished_at = now(), result = i.result, lease_expires_at = NULL
+      FROM input i
+     WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'running'
+       AND ($4::text IS NULL OR j.tenant_id = $4)
+    RETURNING j.*
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue, 'job.succeeded', jsonb_build_object('attempt', attempts)
+      FROM done ORDER BY id
+)
+SELECT true AS changed, d.* FROM done d
+UNION ALL
+SELECT false AS changed, j.* FROM jobs j
+ WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM done)
+   AND ($4::text IS NULL OR j.tenant_id = $4);
+
+-- name: job_fail_many
+-- A failure retries after the backoff (or the worker's retry_in_ms), or ends the job: dead when
+-- attempts are used up or it is not retryable, cancelled when cancellation was requested.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[], $6::float8[])
+           AS i(id, token, error, retryable, retry_in_ms, jitter)
+), decided AS (
+    SELECT j.id, i.error,
+           CASE WHEN j.cancel_requested THEN 'cancelled'
+                WHEN i.retryable AND j.attempts < j.max_attempts THEN 'scheduled'
+                ELSE 'dead' END::job_state AS new_state,
+           now() + coalesce(i.retry_in_ms, orch_backoff_ms(j.attempts, $7, $8, i.jitter))
+                   * interval '1 millisecond' AS retry_at
+      FROM jobs j JOIN input i ON i.id = j.id
+     WHERE j.lease_token = i.token AND j.state = 'running' AND ($9::text IS NULL OR j.tenant_id = $9)
+       FOR UPDATE OF j
+), upd AS (
+    UPDATE jobs j
+       SET state = d.new_state,
+           run_at = CASE WHEN d.new_state = 'scheduled' THEN d.retry_at ELSE j.run_at END,
+           finished_at = CASE WHEN d.new_state = 'scheduled' THEN NULL ELSE now() END,
+           last_error = d.error,
+           lease_expires_at = NULL
+      FROM decided d
+     WHERE j.id = d.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue,
+           CASE state WHEN 'scheduled' THEN 'job.retry_scheduled' WHEN 'dead' THEN 'job.dead'
+                      ELSE 'job.cancelled' END,
+           jsonb_build_object('attempt', attempts, 'error', left(last_error, 2000), 'reason', 'failed')
+           || CASE WHEN state = 'scheduled' THEN jsonb_build_object('run_at', run_at) ELSE '{}' END
+      FROM upd ORDER BY id
+)
+SELECT true AS changed, u.* FROM upd u
+UNION ALL
+SELECT false AS changed, j.* FROM jobs j
+ WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM upd)
+   AND ($9::text IS NULL OR j.tenant_id = $9);
+
+-- name: job_reap_expired
+-- Expired leases lose their token (the stale worker is fenced out) and retry, or end.
+-- SKIP LOCKED makes every gateway's reaper safe to run at once.
+WITH expired AS (
+    SELECT id FROM jobs
+     WHERE state = 'running' AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE jobs j
+       SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
+                        WHEN j.attempts < j.max_attempts THEN 'scheduled'
+                        ELSE 'dead' END::job_state,
+           run_at = now() + orch_backoff_ms(j.attempts, $2, $3, random()) * interval '1 millisecond',
+           finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN now() END,
+           last_error = 'lease expired',
+           lease_expires_at = NULL,
+           lease_token = NULL
+      FROM expired e
+     WHERE j.id = e.id
+    RETURNING j.*
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue,
+           CASE state WHEN 'scheduled' THEN 'job.retry_scheduled' WHEN 'dead' THEN 'job.dead'
+                      ELSE 'job.cancelled' END,
+           jsonb_build_object('attempt', attempts, 'error', last_error, 'reason', 'lease_expired')
+           || CASE WHEN state = 'scheduled' THEN jsonb_build_object('run_at', run_at) ELSE '{}' END
+      FROM upd ORDER BY id
+)
+SELECT count(*) FROM upd;
+
+-- name: job_promote_due
+-- Due scheduled jobs become ready; the update trigger's NOTIFY wakes waiting leases.
+WITH due AS (
+    SELECT id FROM jobs
+     WHERE state = 'scheduled' AND run_at <= now()
+     ORDER BY run_at
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE jobs j SET state = 'ready' FROM due WHERE j.id = due.id RETURNING 1
+)
+SELECT count(*) FROM upd;
+
+-- name: job_next_due_in
+-- Seconds until the earliest scheduled job is due (negative when overdue), by the database clock.
+SELECT extract(epoch FROM min(run_at) - now())::float8 FROM jobs WHERE state = 'scheduled';
+
+-- name: job_ready_queues
+-- Which (tenant, queue) pairs hold ready jobs: the catch-up after a lost notification.
+SELECT DISTINCT tenant_id, queue FROM jobs WHERE state = 'ready';

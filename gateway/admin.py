@@ -1,0 +1,81 @@
+"""Operator routes under /v1/admin (bearer admin token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, patch, post
+
+import db
+from core import Conflict, NotFound, signing
+from core.wire import ApiKey, Reaped, Tenant, TenantCreate, TenantCreated, TenantList, TenantPatch
+
+from .auth import operator, runtime_of
+
+
+async def _new_key(conn: Any, tenant_id: str | None) -> str:
+    key_id, secret = signing.new_api_key("tk" if tenant_id is not None else "wk")
+    await db.api_key_insert(conn, key_id, secret, tenant_id)
+    return f"{key_id}.{secret}"
+
+
+class AdminController(Controller):
+    path = "/v1/admin"
+    guards = [operator]
+    tags = ["operator"]
+
+    @post("/tenants", status_code=201, summary="Create a tenant and its first API key")
+    async def create_tenant(self, request: Request[Any, Any, Any], data: TenantCreate) -> TenantCreated:
+        rt = runtime_of(request)
+        async with rt.pool.acquire() as conn, conn.transaction():
+            tenant = await db.tenant_insert(conn, data.id, data.name, data.weight, data.max_inflight)
+            if tenant is None:
+                raise Conflict(f"tenant {data.id} exists")
+            api_key = await _new_key(conn, tenant.id)
+        return TenantCreated(tenant=tenant, api_key=api_key)
+
+    @get("/tenants", summary="List tenants")
+    async def list_tenants(self, request: Request[Any, Any, Any]) -> TenantList:
+        async with runtime_of(request).pool.acquire() as conn:
+            return TenantList(tenants=await db.tenant_list(conn))
+
+    @get("/tenants/{tenant_id:str}", summary="Get a tenant")
+    async def get_tenant(self, request: Request[Any, Any, Any], tenant_id: str) -> Tenant:
+        async with runtime_of(request).pool.acquire() as conn:
+            tenant = await db.tenant_get(conn, tenant_id)
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id}")
+        return tenant
+
+    @patch("/tenants/{tenant_id:str}", summary="Change a tenant's weight, in-flight cap, name or disabled flag")
+    async def patch_tenant(self, request: Request[Any, Any, Any], tenant_id: str, data: TenantPatch) -> Tenant:
+        async with runtime_of(request).pool.acquire() as conn:
+            tenant = await db.tenant_update(
+                conn, tenant_id, name=data.name, weight=data.weight, max_inflight=data.max_inflight, disabled=data.disabled
+            )
+        if tenant is None:
+            raise NotFound(f"no tenant {tenant_id}")
+        return tenant
+
+    @post("/tenants/{tenant_id:str}/keys", status_code=201, summary="Create another API key for a tenant")
+    async def create_tenant_key(self, request: Request[Any, Any, Any], tenant_id: str) -> ApiKey:
+        async with runtime_of(request).pool.acquire() as conn, conn.transaction():
+            if await db.tenant_get(conn, tenant_id) is None:
+                raise NotFound(f"no tenant {tenant_id}")
+            return ApiKey(api_key=await _new_key(conn, tenant_id))
+
+    @delete("/keys/{key_id:str}", status_code=204, summary="Revoke a key, at once")
+    async def revoke_key(self, request: Request[Any, Any, Any], key_id: str) -> Response[None]:
+        async with runtime_of(request).pool.acquire() as conn:
+            if not await db.api_key_revoke(conn, key_id):
+                raise NotFound(f"no key {key_id}")
+        return Response(None, status_code=204)
+
+    @post("/worker-keys", status_code=201, summary="Create a shared worker key (serves every tenant)")
+    async def create_worker_key(self, request: Request[Any, Any, Any]) -> ApiKey:
+        async with runtime_of(request).pool.acquire() as conn:
+            return ApiKey(api_key=await _new_key(conn, None))
+
+    @post("/reap", status_code=200, summary="Recover expired leases now")
+    async def reap(self, request: Request[Any, Any, Any]) -> Reaped:
+        return Reaped(requeued=await runtime_of(request).reap())

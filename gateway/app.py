@@ -1,0 +1,99 @@
+"""The Litestar application: the one composition root of the server side."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+import db
+from core import Settings, load_settings
+
+from . import errors
+from .admin import AdminController
+from .jobs import JobsController
+from .leasing import Leaser
+from .ops import healthz, metrics, readyz
+from .runtime import Runtime
+from .workers import WorkersController
+
+log = logging.getLogger("orchestrator.gateway")
+
+
+class SchemaMismatch(RuntimeError):
+    pass
+
+
+def _timing(app: ASGIApp) -> ASGIApp:
+    """Middleware recording each request's duration by route template and status."""
+
+    async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
+            if rt is not None:
+                route = scope.get("path_template") or "unmatched"
+                labels = {"method": scope["method"], "route": route, "status": str(status)}
+                rt.metrics.http_duration.record(time.perf_counter() - t0, labels)
+
+    return timed
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the app; settings default to this process's environment."""
+    cfg = settings if settings is not None else load_settings(os.environ)
+    if cfg.database_url is None:
+        raise ValueError("DATABASE_URL is not set: `orchestrator serve` sets it, or starts an embedded database")
+    dsn = cfg.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await db.create_pool(dsn, min_size=cfg.pool_min, max_size=cfg.pool_max)
+        try:
+            async with pool.acquire() as conn:
+                problem = db.schema_status(await db.current_revision(conn))
+            if problem is not None:
+                raise SchemaMismatch(problem)
+            rt = Runtime(cfg, pool, dsn)
+            app.state.runtime = rt
+            app.state.leaser = Leaser(rt)
+            await rt.start()
+            try:
+                yield
+            finally:
+                await rt.stop()
+        finally:
+            await pool.close()
+
+    app = Litestar(
+        route_handlers=[JobsController, WorkersController, AdminController, healthz, readyz, metrics],
+        lifespan=[lifespan],
+        exception_handlers={Exception: errors.handle},
+        request_max_body_size=cfg.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Job Orchestrator",
+            version="1",
+            description="Multi-tenant job orchestrator on PostgreSQL: signed HTTP workers, fenced leases, ordered events.",
+        ),
+        middleware=[_timing],
+        debug=False,
+    )
+    return app

@@ -1,0 +1,103 @@
+"""Request authentication: HMAC-signed tenant and worker keys, and the operator's bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import msgspec
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+import db
+from core import Forbidden, Unauthenticated, signing
+
+from .runtime import Runtime
+
+
+class Principal(msgspec.Struct, frozen=True):
+    key_id: str
+    tenant_id: str | None  # None: a shared worker key, serving every tenant
+
+    @property
+    def is_worker(self) -> bool:
+        return self.tenant_id is None
+
+
+def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
+    rt: Runtime = connection.app.state.runtime
+    return rt
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    p: Principal = request.state.principal
+    return p
+
+
+def tenant_of(request: Request[Any, Any, Any]) -> str:
+    """The calling tenant; shared worker keys may only lease and acknowledge."""
+    tenant_id = principal_of(request).tenant_id
+    if tenant_id is None:
+        raise Forbidden("a shared worker key may only lease jobs and report on them")
+    return tenant_id
+
+
+def _refuse(rt: Runtime, reason: str, detail: str) -> Unauthenticated:
+    rt.metrics.auth_failures.add(1, {"reason": reason})
+    return Unauthenticated(detail, reason=reason)
+
+
+def _path_with_query(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    scope = connection.scope
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else scope["path"]
+    qs = scope.get("query_string", b"")
+    return f"{path}?{qs.decode('latin-1')}" if qs else path
+
+
+async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """Guard for tenant and worker routes: verifies the four signing headers of API.md."""
+    rt = runtime_of(connection)
+    h = connection.headers
+    key_id = h.get(signing.HEADER_KEY_ID)
+    timestamp = h.get(signing.HEADER_TIMESTAMP)
+    nonce = h.get(signing.HEADER_NONCE)
+    sig = h.get(signing.HEADER_SIGNATURE)
+    if not key_id or not timestamp or not nonce or not sig:
+        raise _refuse(rt, "missing_header", "X-Key-Id, X-Timestamp, X-Nonce and X-Signature are required")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
+        raise _refuse(rt, "timestamp", f"X-Timestamp must be unix seconds within {signing.MAX_SKEW_SECONDS} s of the server clock")
+    if not signing.NONCE_RE.match(nonce):
+        raise _refuse(rt, "nonce", "X-Nonce must be 16 to 64 characters of [A-Za-z0-9_-]")
+    # Reads (and caches for the handler) the body, enforcing the size limit first.
+    body = await Request[Any, Any, Any](connection.scope, connection.receive).body()
+    async with rt.pool.acquire() as conn:
+        key = await db.api_key_get(conn, key_id)
+        if key is None:
+            raise _refuse(rt, "unknown_key", "unknown key")
+        if key.revoked:
+            raise _refuse(rt, "revoked_key", "this key has been revoked")
+        method = connection.scope["method"]  # type: ignore[typeddict-item]
+        if not signing.verify(key.secret, sig, method, _path_with_query(connection), timestamp, nonce, body):
+            raise _refuse(rt, "bad_signature", "the signature does not match the request")
+        if not await db.request_nonce_insert(conn, key_id, nonce):
+            raise _refuse(rt, "replayed_nonce", "this nonce was already used")
+    if key.tenant_disabled:
+        raise Forbidden("this tenant is disabled")
+    connection.state.principal = Principal(key.key_id, key.tenant_id)
+
+
+async def operator(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """Guard for /v1/admin: the server's admin token as a bearer token."""
+    rt = runtime_of(connection)
+    expected = rt.settings.admin_token
+    auth = connection.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        if connection.headers.get(signing.HEADER_KEY_ID):
+            raise Forbidden("tenant and worker keys may not use operator routes")
+        raise _refuse(rt, "missing_header", "Authorization: Bearer <admin token> is required")
+    if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise _refuse(rt, "bad_admin_token", "invalid admin token")

@@ -1,0 +1,122 @@
+"""Every failure as application/problem+json (RFC 9457); the one table of HTTP status codes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from core import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MalformedInput,
+    NotFound,
+    OrchestratorError,
+    Unauthenticated,
+    Unavailable,
+)
+from core.wire import Problem
+
+log = logging.getLogger("orchestrator.gateway")
+
+STATUS: dict[type[OrchestratorError], int] = {
+    MalformedInput: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    InvalidInput: 422,
+    Unavailable: 503,
+}
+TITLES = {
+    400: "Malformed request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request body too large",
+    422: "Invalid field",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+RETRY_AFTER_SECONDS = "1"
+
+# Errors that mean the database cannot be reached right now, not that a statement was wrong.
+DB_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+)
+
+
+def problem(status: int, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> Response[Any]:
+    body = Problem(
+        type=f"https://job-orchestrator.dev/problems/{status}",
+        title=TITLES.get(status, "Error"),
+        status=status,
+        detail=detail,
+        field=field,
+    )
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def _status_of(exc: OrchestratorError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def _from_validation(exc: ValidationException) -> Response[Any]:
+    """Litestar's decode errors: malformed JSON is a 400, a bad field a 422 naming it."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", ""))
+        if "malformed" in message.lower() or "invalid json" in message.lower() or "truncated" in message.lower():
+            return problem(400, f"the body is not valid JSON: {message}")
+        key = item.get("key")
+        field = None
+        if " at `$." in message:
+            field = message.rsplit(" at `$.", 1)[1].rstrip("`")
+            message = message.rsplit(" - at ", 1)[0]
+        elif key:
+            field = str(key)
+        if field is not None and item.get("source") not in (None, "body"):
+            return problem(422, f"{field}: {message}", field=field)
+        return problem(422, f"{field}: {message}" if field else message, field=field)
+    return problem(400, exc.detail)
+
+
+def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, OrchestratorError):
+        status = _status_of(exc)
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+        return problem(status, exc.detail, field=exc.field, headers=headers)
+    if isinstance(exc, ValidationException):
+        return _from_validation(exc)
+    if isinstance(exc, HTTPException):
+        return problem(exc.status_code, exc.detail, headers=exc.headers)
+    if isinstance(exc, DB_DOWN):
+        log.warning("database unreachable during %s %s: %r", request.method, request.url.path, exc)
+        return problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": RETRY_AFTER_SECONDS})
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return problem(500, "internal error")

@@ -1,0 +1,128 @@
+"""Long-poll leasing: try at once, park on the notifier when nothing is leasable, retry on wake."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+import db
+from core.wire import LeasedJob, LeaseRequest
+
+from .runtime import Runtime
+
+# How many tenants one shared lease considers before giving up on this round.
+CANDIDATES = 8
+
+
+class Leaser:
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        # Round-robin position among tenants for shared workers; per process.
+        self._cursor = ""
+
+    async def lease(
+        self, tenant_id: str | None, req: LeaseRequest, disconnected: asyncio.Future[object] | None = None
+    ) -> list[LeasedJob]:
+        rt = self._rt
+        waiters = rt.notifier.lease_waiters
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + req.wait_ms / 1000
+        outcome = "timeout"
+        try:
+            while True:
+                # Park before trying, so a notification that lands during the attempt is not lost.
+                waiter = waiters.park(tenant_id, req.queues, req.max_jobs)
+                try:
+                    jobs = await self._attempt(tenant_id, req)
+                    if jobs:
+                        outcome = "jobs"
+                        if waiter.event.is_set() or len(jobs) == req.max_jobs:
+                            # We may have taken a wake-up meant for others, or left work behind.
+                            for q in req.queues:
+                                if waiters.wake(jobs[0].tenant_id, q, 1):
+                                    break
+                        return jobs
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        outcome = "empty" if req.wait_ms == 0 else "timeout"
+                        return []
+                    wait_for: list[asyncio.Future[object]] = [asyncio.ensure_future(waiter.event.wait())]
+                    if disconnected is not None:
+                        wait_for.append(disconnected)
+                    done, _ = await asyncio.wait(wait_for, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    wait_for[0].cancel()
+                    if disconnected is not None and disconnected.done():
+                        outcome = "disconnected"
+                        return []
+                finally:
+                    waiters.leave(waiter)
+        finally:
+            rt.metrics.lease_requests.add(1, {"outcome": outcome})
+            rt.metrics.long_poll_wait.record(loop.time() - started)
+
+    async def _attempt(self, tenant_id: str | None, req: LeaseRequest) -> list[LeasedJob]:
+        t0 = time.perf_counter()
+        try:
+            async with self._rt.pool.acquire() as conn:
+                if tenant_id is not None:
+                    tenant = await db.tenant_get(conn, tenant_id)
+                    cap = None if tenant is None else tenant.max_inflight
+                    jobs = await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs)
+                else:
+                    jobs = await self._lease_shared(conn, req)
+        finally:
+            self._rt.metrics.lease_statement.record(time.perf_counter() - t0)
+        if jobs:
+            self._rt.metrics.jobs_leased.add(len(jobs))
+        return jobs
+
+    async def _lease_shared(self, conn: asyncpg.Connection, req: LeaseRequest) -> list[LeasedJob]:
+        leased: list[LeasedJob] = []
+        candidates = await db.tenant_lease_candidates(conn, self._cursor, req.queues, CANDIDATES)
+        for tenant_id, cap in candidates:
+            self._cursor = tenant_id
+            leased += await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs - len(leased))
+            if len(leased) >= req.max_jobs:
+                break
+        return leased
+
+    async def _lease_tenant(
+        self, conn: asyncpg.Connection, tenant_id: str, cap: int | None, req: LeaseRequest, limit: int
+    ) -> list[LeasedJob]:
+        lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
+        if cap is None:
+            return await db.job_lease(conn, tenant_id, req.queues, limit, lease_seconds, req.worker_id)
+        async with conn.transaction():
+            room = await db.tenant_inflight_room(conn, tenant_id)
+            if room <= 0:
+                return []
+            return await db.job_lease(conn, tenant_id, req.queues, min(limit, room), lease_seconds, req.worker_id)
+
+
+def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Future[object]:
+    """A future that completes when the client goes away (the ASGI http.disconnect message)."""
+
+    # After the body is read, the next ASGI message is the disconnect (or the end of the response).
+    async def wait() -> object:
+        while True:
+            message = await receive()
+            if message.get("type") == "http.disconnect":
+                return message
+
+    return asyncio.ensure_future(wait())
+
+
+def cancel(fut: asyncio.Future[object] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.cancel()
+        with contextlib.suppress(BaseException):
+            fut.exception()
+
+
+__all__: Sequence[str] = ["Leaser", "cancel", "watch_disconnect"]

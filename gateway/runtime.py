@@ -1,0 +1,135 @@
+"""What one gateway process holds: pool, notifier, metrics, and its background services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+
+import db
+from core import Settings
+from notifier import Notifier
+
+from .metrics import Metrics
+
+log = logging.getLogger("orchestrator.gateway")
+
+REAP_BATCH = 500
+PROMOTE_BATCH = 1000
+# The promotion timer never sleeps longer than this, so a clock jump or a lost hint heals.
+MAX_TIMER_SECONDS = 5.0
+
+
+class Runtime:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, dsn: str) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = Metrics()
+        self._due_at = 0.0  # monotonic time at which the timer should next promote
+        self._due_changed = asyncio.Event()
+        self.notifier = Notifier(
+            dsn,
+            pool,
+            safety_poll_seconds=settings.safety_poll_seconds,
+            enabled=settings.notifier_enabled,
+            on_due=self._on_due,
+            on_notification=lambda ch: self.metrics.notifications.add(1, {"channel": ch}),
+            on_reconnect=lambda: self.metrics.listen_reconnects.add(1),
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.metrics.observe_gauge("orch_parked_long_polls", "Lease requests parked", lambda: len(self.notifier.lease_waiters))
+        self.metrics.observe_gauge("orch_pool_connections_in_use", "Pool connections in use", lambda: pool.get_size() - pool.get_idle_size())
+        self.metrics.observe_gauge("orch_pool_connections_idle", "Idle pool connections", lambda: pool.get_idle_size())
+        self.metrics.observe_gauge("orch_listen_up", "1 while the LISTEN connection is up", lambda: float(self.notifier.listening))
+
+    async def start(self) -> None:
+        await self.notifier.start()
+        self._tasks = [
+            asyncio.create_task(self._promote_loop(), name="promoter"),
+            asyncio.create_task(self._reap_loop(), name="reaper"),
+            asyncio.create_task(self._prune_loop(), name="nonce-pruner"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await self.notifier.stop()
+        self.metrics.shutdown()
+
+    # --- delayed jobs ------------------------------------------------------------------
+
+    def _on_due(self, epoch: float) -> None:
+        """A job becomes due at `epoch` (wall clock); re-arm the timer if that is sooner."""
+        at = time.monotonic() + max(0.0, epoch - time.time())
+        if at < self._due_at:
+            self._due_at = at
+            self._due_changed.set()
+
+    async def promote_due(self) -> float | None:
+        """Promote due jobs; returns seconds until the next one is due."""
+        async with self.pool.acquire() as conn:
+            while True:
+                n = await db.job_promote_due(conn, limit=PROMOTE_BATCH)
+                if n:
+                    self.metrics.jobs_promoted.add(n)
+                if n < PROMOTE_BATCH:
+                    break
+            return await db.job_next_due_in(conn)
+
+    async def _promote_loop(self) -> None:
+        while True:
+            self._due_changed.clear()
+            try:
+                next_in = await self.promote_due()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("promoting due jobs failed: %s", exc)
+                next_in = 1.0
+            wait = MAX_TIMER_SECONDS if next_in is None else min(max(next_in, 0.0), MAX_TIMER_SECONDS)
+            self._due_at = time.monotonic() + wait
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due_changed.wait(), wait)
+            # A hint may name a time a little ahead; sleep until it, not past it.
+            delay = self._due_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    # --- expired leases ----------------------------------------------------------------
+
+    async def reap(self) -> int:
+        total = 0
+        async with self.pool.acquire() as conn:
+            while True:
+                n = await db.job_reap_expired(
+                    conn, limit=REAP_BATCH, base_ms=self.settings.retry_base_ms, cap_ms=self.settings.retry_cap_ms
+                )
+                total += n
+                if n < REAP_BATCH:
+                    break
+        if total:
+            self.metrics.jobs_reaped.add(total)
+            self._on_due(0.0)
+        return total
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval_seconds)
+            try:
+                await self.reap()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reaping failed: %s", exc)
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            try:
+                async with self.pool.acquire() as conn:
+                    await db.request_nonce_prune(conn, self.settings.nonce_window_seconds * 2)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("pruning nonces failed: %s", exc)
+

@@ -1,0 +1,158 @@
+"""Worker routes: lease (long-poll), heartbeat, complete, fail, and batched acknowledgement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, post
+
+import db
+from core import JobState, NotFound, StaleLease
+from core.wire import (
+    Ack,
+    AckResponse,
+    AckResult,
+    Complete,
+    Fail,
+    Heartbeat,
+    HeartbeatResponse,
+    Job,
+    LeaseRequest,
+    LeaseResponse,
+)
+
+from .auth import principal_of, runtime_of, signed
+from .jobs import parse_job_id
+from .leasing import cancel, watch_disconnect
+from .runtime import Runtime
+
+DEFAULT_EXTEND_SECONDS = 30
+# After a fail, the same token may repeat the fail while the job has not been leased again.
+_AFTER_FAIL = frozenset({JobState.SCHEDULED, JobState.READY, JobState.DEAD, JobState.CANCELLED})
+
+
+def _judge(outcome: db.Outcome | None, token: int, repeat_states: frozenset[JobState]) -> int:
+    """200 when changed now, or when this token already did the same; 404 unseen; 409 stale."""
+    if outcome is None:
+        return 404
+    if outcome.changed:
+        return 200
+    if outcome.lease_token == token and outcome.job.state in repeat_states:
+        return 200
+    return 409
+
+
+def _count(rt: Runtime, outcomes: dict[int, db.Outcome]) -> None:
+    for o in outcomes.values():
+        if not o.changed:
+            continue
+        labels = {"tenant": o.job.tenant_id, "queue": o.job.queue}
+        if o.job.state is JobState.SUCCEEDED:
+            rt.metrics.jobs_succeeded.add(1, labels)
+        elif o.job.state is JobState.DEAD:
+            rt.metrics.jobs_dead.add(1, labels)
+        elif o.job.state is JobState.CANCELLED:
+            rt.metrics.jobs_cancelled.add(1, labels)
+        else:
+            rt.metrics.jobs_failed.add(1, labels)
+
+
+def _raise_for(rt: Runtime, status: int) -> None:
+    if status == 404:
+        raise NotFound("no such job")
+    if status == 409:
+        rt.metrics.fencing_rejections.add(1)
+        raise StaleLease("the lease token is not this job's current one, or its state does not allow this")
+
+
+def _fail_item(job_id: int, token: int, error: str, retryable: bool, retry_in_ms: int | None) -> db.FailItem:
+    return db.FailItem(job_id=job_id, lease_token=token, error=error, retryable=retryable, retry_in_ms=retry_in_ms)
+
+
+class WorkersController(Controller):
+    path = "/v1"
+    guards = [signed]
+    tags = ["workers"]
+
+    @post("/workers/lease", status_code=200, summary="Lease jobs, waiting up to wait_ms for one")
+    async def lease(self, request: Request[Any, Any, Any], data: LeaseRequest) -> LeaseResponse:
+        disconnected = watch_disconnect(request.receive) if data.wait_ms else None
+        try:
+            jobs = await request.app.state.leaser.lease(principal_of(request).tenant_id, data, disconnected)
+        finally:
+            cancel(disconnected)
+        return LeaseResponse(jobs=jobs)
+
+    @post("/jobs/{job_id:str}/heartbeat", status_code=200, summary="Extend a lease")
+    async def heartbeat(self, request: Request[Any, Any, Any], job_id: str, data: Heartbeat) -> HeartbeatResponse:
+        rt = runtime_of(request)
+        tenant_id = principal_of(request).tenant_id
+        jid = parse_job_id(job_id)
+        extend = min(data.extend_seconds or DEFAULT_EXTEND_SECONDS, rt.settings.max_lease_seconds)
+        async with rt.pool.acquire() as conn:
+            beat = await db.job_heartbeat(conn, jid, data.lease_token, extend, tenant_id)
+            if beat is None:
+                exists = await db.job_get(conn, jid, tenant_id) is not None
+                _raise_for(rt, 409 if exists else 404)
+        assert beat is not None
+        return HeartbeatResponse(lease_expires_at=beat[0], cancel_requested=beat[1])
+
+    @post("/jobs/{job_id:str}/complete", status_code=200, summary="Complete a leased job")
+    async def complete(self, request: Request[Any, Any, Any], job_id: str, data: Complete) -> Job:
+        rt = runtime_of(request)
+        jid = parse_job_id(job_id)
+        async with rt.pool.acquire() as conn:
+            outcomes = await db.job_complete_many(conn, [(jid, data.lease_token, data.result)], principal_of(request).tenant_id)
+        _count(rt, outcomes)
+        outcome = outcomes.get(jid)
+        _raise_for(rt, _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})))
+        assert outcome is not None
+        return outcome.job
+
+    @post("/jobs/{job_id:str}/fail", status_code=200, summary="Fail a leased job: retry later, or dead")
+    async def fail(self, request: Request[Any, Any, Any], job_id: str, data: Fail) -> Job:
+        rt = runtime_of(request)
+        jid = parse_job_id(job_id)
+        item = _fail_item(jid, data.lease_token, data.error, data.retryable, data.retry_in_ms)
+        async with rt.pool.acquire() as conn:
+            outcomes = await db.job_fail_many(
+                conn, [item], principal_of(request).tenant_id,
+                base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms,
+            )
+        _count(rt, outcomes)
+        outcome = outcomes.get(jid)
+        _raise_for(rt, _judge(outcome, data.lease_token, _AFTER_FAIL))
+        assert outcome is not None
+        return outcome.job
+
+    @post("/workers/ack", status_code=200, summary="Complete and fail many jobs in one round trip")
+    async def ack(self, request: Request[Any, Any, Any], data: Ack) -> AckResponse:
+        rt = runtime_of(request)
+        tenant_id = principal_of(request).tenant_id
+        completes = [(int(c.id), c.lease_token, c.result) for c in data.complete]
+        fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms) for f in data.fail]
+        async with rt.pool.acquire() as conn, conn.transaction():
+            done = await db.job_complete_many(conn, completes, tenant_id) if completes else {}
+            failed = (
+                await db.job_fail_many(
+                    conn, fails, tenant_id, base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms
+                )
+                if fails
+                else {}
+            )
+        _count(rt, done)
+        _count(rt, failed)
+        results: list[AckResult] = []
+        for jid, token, _ in completes:
+            results.append(_ack_result(rt, jid, done.get(jid), token, frozenset({JobState.SUCCEEDED})))
+        for f in fails:
+            results.append(_ack_result(rt, f.job_id, failed.get(f.job_id), f.lease_token, _AFTER_FAIL))
+        return AckResponse(results=results)
+
+
+def _ack_result(rt: Runtime, jid: int, outcome: db.Outcome | None, token: int, repeat: frozenset[JobState]) -> AckResult:
+    status = _judge(outcome, token, repeat)
+    if status == 409:
+        rt.metrics.fencing_rejections.add(1)
+    return AckResult(id=str(jid), status=status, state=None if outcome is None else outcome.job.state)  # type: ignore[arg-type]
+
