@@ -59,4 +59,3 @@ def verify(secret: str, expected_hex: str, method: str, path_qs: str, timestamp:
     """Constant-time comparison of the presented signature with the computed one."""
     computed = signature(secret, method, path_qs, timestamp, nonce, body)
     return hmac.compare_digest(computed.encode(), expected_hex.encode())
-

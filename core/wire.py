@@ -33,7 +33,7 @@ class _Response(Struct, kw_only=True, frozen=True):
 # --- jobs ----------------------------------------------------------------------------------
 
 
-class JobSubmit(_Request):
+class JobSubmit(_Request, frozen=True):
     payload: dict[str, Any] = {}
     queue: Name = "default"
     kind: Annotated[str, Meta(max_length=128)] = ""
@@ -45,11 +45,11 @@ class JobSubmit(_Request):
     timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 86_400)] | None = None
 
 
-class JobBatchSubmit(_Request):
+class JobBatchSubmit(_Request, frozen=True):
     jobs: Annotated[list[JobSubmit], Meta(min_length=1, max_length=MAX_BATCH)]
 
 
-class Job(_Response):
+class Job(_Response, frozen=True):
     id: str
     tenant_id: str
     queue: str
@@ -70,64 +70,66 @@ class Job(_Response):
     cancel_requested: bool = False
 
 
-class LeasedJob(Job):
+class LeasedJob(Job, frozen=True):
     lease_token: int = 0
     lease_expires_at: datetime | None = None
 
 
-class JobList(_Response):
+class JobList(_Response, frozen=True):
     jobs: list[Job]
     next: str | None = None
 
 
-class JobBatch(_Response):
+class JobBatch(_Response, frozen=True):
     jobs: list[Job]
 
 
 # --- workers -------------------------------------------------------------------------------
 
 
-class LeaseRequest(_Request):
+class LeaseRequest(_Request, frozen=True):
     worker_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    queues: Annotated[list[Name], Meta(min_length=1, max_length=64)] = msgspec.field(default_factory=lambda: ["default"])
+    queues: Annotated[list[Name], Meta(min_length=1, max_length=64)] = msgspec.field(
+        default_factory=lambda: ["default"]
+    )
     max_jobs: Annotated[int, Meta(ge=1, le=100)] = 1
     wait_ms: Annotated[int, Meta(ge=0, le=60_000)] = 30_000
     lease_seconds: Annotated[int, Meta(ge=1, le=3600)] = 30
 
 
-class LeaseResponse(_Response):
+class LeaseResponse(_Response, frozen=True):
     jobs: list[LeasedJob]
 
 
-class Heartbeat(_Request):
+class Heartbeat(_Request, frozen=True):
     lease_token: int
     extend_seconds: Annotated[int, Meta(ge=1, le=3600)] | None = None
 
 
-class HeartbeatResponse(_Response):
+class HeartbeatResponse(_Response, frozen=True):
     lease_expires_at: datetime
     cancel_requested: bool
 
 
-class Complete(_Request):
+class Complete(_Request, frozen=True):
     lease_token: int
     result: Any = None
 
 
-class Fail(_Request):
+class Fail(_Request, frozen=True):
     lease_token: int
     error: Annotated[str, Meta(max_length=65_536)]
     retryable: bool = True
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
 
 
-class AckComplete(_Request):
+class AckComplete(_Request, frozen=True):
     id: JobIdStr
     lease_token: int
     result: Any = None
 
 
-class AckFail(_Request):
+class AckFail(_Request, frozen=True):
     id: JobIdStr
     lease_token: int
     error: Annotated[str, Meta(max_length=65_536)]
@@ -135,25 +137,25 @@ class AckFail(_Request):
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
 
 
-class Ack(_Request):
+class Ack(_Request, frozen=True):
     complete: Annotated[list[AckComplete], Meta(max_length=MAX_BATCH)] = []
     fail: Annotated[list[AckFail], Meta(max_length=MAX_BATCH)] = []
 
 
-class AckResult(_Response):
+class AckResult(_Response, frozen=True):
     id: str
     status: Literal[200, 404, 409]
     state: JobState | None = None
 
 
-class AckResponse(_Response):
+class AckResponse(_Response, frozen=True):
     results: list[AckResult]
 
 
 # --- events --------------------------------------------------------------------------------
 
 
-class Event(_Response):
+class Event(_Response, frozen=True):
     id: str
     type: EventType
     job_id: str
@@ -166,21 +168,21 @@ class Event(_Response):
 # --- operator ------------------------------------------------------------------------------
 
 
-class TenantCreate(_Request):
+class TenantCreate(_Request, frozen=True):
     id: Name
     name: Annotated[str, Meta(max_length=256)] = ""
     weight: Annotated[int, Meta(ge=1, le=10_000)] = 1
     max_inflight: Annotated[int, Meta(ge=0, le=1_000_000)] | None = None
 
 
-class TenantPatch(_Request):
+class TenantPatch(_Request, frozen=True):
     name: Annotated[str, Meta(max_length=256)] | None = None
     weight: Annotated[int, Meta(ge=1, le=10_000)] | None = None
-    max_inflight: Annotated[int, Meta(ge=0, le=1_000_000)] | None | msgspec.UnsetType = msgspec.UNSET
+    max_inflight: Annotated[int, Meta(ge=0, le=1000000)] | msgspec.UnsetType | None = msgspec.UNSET
     disabled: bool | None = None
 
 
-class Tenant(_Response):
+class Tenant(_Response, frozen=True):
     id: str
     name: str
     weight: int
@@ -189,24 +191,24 @@ class Tenant(_Response):
     created_at: datetime
 
 
-class TenantCreated(_Response):
+class TenantCreated(_Response, frozen=True):
     tenant: Tenant
     api_key: str
 
 
-class TenantList(_Response):
+class TenantList(_Response, frozen=True):
     tenants: list[Tenant]
 
 
-class ApiKey(_Response):
+class ApiKey(_Response, frozen=True):
     api_key: str
 
 
-class Reaped(_Response):
+class Reaped(_Response, frozen=True):
     requeued: int
 
 
-class Problem(_Response):
+class Problem(_Response, frozen=True):
     type: str
     title: str
     status: int

@@ -1,5 +1,6 @@
 """Schema, migrations and every SQL statement; one function per command."""
 
+from ._types import Conn
 from .databases import database_create, database_drop, with_database
 from .embedded import EmbeddedPostgres, pg_bin
 from .jobs import (
@@ -21,8 +22,8 @@ from .jobs import (
     tenant_inflight_room,
     tenant_lease_candidates,
 )
-from .misc import CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_PROBE, notify_probe, ping
 from .migrate import current_revision, downgrade, head_revision, schema_status, upgrade
+from .misc import CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_PROBE, notify_probe, ping
 from .pool import connect, create_pool
 from .schema_dump import SCHEMA_FILE, dump_schema
 from .tenants import (
@@ -42,9 +43,8 @@ __all__ = [
     "CHANNEL_EVENTS",
     "CHANNEL_JOBS",
     "CHANNEL_PROBE",
-    "notify_probe",
-    "ping",
     "SCHEMA_FILE",
+    "Conn",
     "EmbeddedPostgres",
     "FailItem",
     "Inserted",
@@ -73,7 +73,9 @@ __all__ = [
     "job_promote_due",
     "job_ready_queues",
     "job_reap_expired",
+    "notify_probe",
     "pg_bin",
+    "ping",
     "request_nonce_insert",
     "request_nonce_prune",
     "schema_status",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+from ._types import Conn
 
 
 def _ident(name: str) -> str:
@@ -17,10 +17,10 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
 
 
-async def database_create(conn: asyncpg.Connection, name: str, template: str | None = None) -> None:
+async def database_create(conn: Conn, name: str, template: str | None = None) -> None:
     tail = f" TEMPLATE {_ident(template)}" if template else ""
     await conn.execute(f"CREATE DATABASE {_ident(name)}{tail}")
 
 
-async def database_drop(conn: asyncpg.Connection, name: str) -> None:
+async def database_drop(conn: Conn, name: str) -> None:
     await conn.execute(f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")

@@ -14,6 +14,7 @@ import msgspec
 from core.wire import Job, LeasedJob
 
 from ._queries import sql
+from ._types import Conn
 from .rows import job_from_row, leased_job_from_row
 
 MAX_JOB_ID = 2**63 - 1
@@ -53,7 +54,7 @@ class Inserted(msgspec.Struct, frozen=True):
     created: bool
 
 
-async def job_insert_many(conn: asyncpg.Connection, tenant_id: str, jobs: Sequence[NewJob]) -> list[Inserted]:
+async def job_insert_many(conn: Conn, tenant_id: str, jobs: Sequence[NewJob]) -> list[Inserted]:
     """Insert jobs in order; an idempotency key seen before yields the first job, not a new one."""
     rows = await conn.fetch(
         _INSERT_MANY,
@@ -90,13 +91,13 @@ async def job_insert_many(conn: asyncpg.Connection, tenant_id: str, jobs: Sequen
     return out
 
 
-async def job_get(conn: asyncpg.Connection, job_id: int, tenant_id: str | None) -> Job | None:
+async def job_get(conn: Conn, job_id: int, tenant_id: str | None) -> Job | None:
     row = await conn.fetchrow(_GET, job_id, tenant_id)
     return None if row is None else job_from_row(row)
 
 
 async def job_list(
-    conn: asyncpg.Connection, tenant_id: str, *, state: str | None, queue: str | None, before_id: int | None, limit: int
+    conn: Conn, tenant_id: str, *, state: str | None, queue: str | None, before_id: int | None, limit: int
 ) -> list[Job]:
     before = MAX_JOB_ID if before_id is None else before_id
     if state is None:
@@ -107,13 +108,13 @@ async def job_list(
 
 
 async def tenant_lease_candidates(
-    conn: asyncpg.Connection, after_tenant: str, queues: Sequence[str], limit: int
+    conn: Conn, after_tenant: str, queues: Sequence[str], limit: int
 ) -> list[tuple[str, int | None]]:
     rows = await conn.fetch(_LEASE_CANDIDATES, after_tenant, list(queues), limit)
     return [(r["id"], r["max_inflight"]) for r in rows]
 
 
-async def tenant_inflight_room(conn: asyncpg.Connection, tenant_id: str) -> int:
+async def tenant_inflight_room(conn: Conn, tenant_id: str) -> int:
     """Lock the tenant's cap for this transaction and return how many more jobs fit under it."""
     await conn.execute(_INFLIGHT_LOCK, tenant_id)
     room: int | None = await conn.fetchval(_INFLIGHT_ROOM, tenant_id)
@@ -121,14 +122,14 @@ async def tenant_inflight_room(conn: asyncpg.Connection, tenant_id: str) -> int:
 
 
 async def job_lease(
-    conn: asyncpg.Connection, tenant_id: str, queues: Sequence[str], limit: int, lease_seconds: int, worker_id: str
+    conn: Conn, tenant_id: str, queues: Sequence[str], limit: int, lease_seconds: int, worker_id: str
 ) -> list[LeasedJob]:
     rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id)
     return [leased_job_from_row(r) for r in rows]
 
 
 async def job_heartbeat(
-    conn: asyncpg.Connection, job_id: int, lease_token: int, extend_seconds: int, tenant_id: str | None
+    conn: Conn, job_id: int, lease_token: int, extend_seconds: int, tenant_id: str | None
 ) -> tuple[datetime, bool] | None:
     row = await conn.fetchrow(_HEARTBEAT, job_id, lease_token, extend_seconds, tenant_id)
     return None if row is None else (row["lease_expires_at"], row["cancel_requested"])
@@ -147,7 +148,7 @@ def _outcomes(rows: Sequence[asyncpg.Record]) -> dict[int, Outcome]:
 
 
 async def job_complete_many(
-    conn: asyncpg.Connection, items: Sequence[tuple[int, int, Any]], tenant_id: str | None
+    conn: Conn, items: Sequence[tuple[int, int, Any]], tenant_id: str | None
 ) -> dict[int, Outcome]:
     """Complete (job id, lease token, result) items; jobs not visible to the tenant are absent."""
     rows = await conn.fetch(
@@ -165,7 +166,7 @@ class FailItem(msgspec.Struct, frozen=True):
 
 
 async def job_fail_many(
-    conn: asyncpg.Connection, items: Sequence[FailItem], tenant_id: str | None, *, base_ms: int, cap_ms: int
+    conn: Conn, items: Sequence[FailItem], tenant_id: str | None, *, base_ms: int, cap_ms: int
 ) -> dict[int, Outcome]:
     rows = await conn.fetch(
         _FAIL_MANY,
@@ -182,21 +183,21 @@ async def job_fail_many(
     return _outcomes(rows)
 
 
-async def job_reap_expired(conn: asyncpg.Connection, *, limit: int, base_ms: int, cap_ms: int) -> int:
+async def job_reap_expired(conn: Conn, *, limit: int, base_ms: int, cap_ms: int) -> int:
     n: int = await conn.fetchval(_REAP, limit, base_ms, cap_ms)
     return n
 
 
-async def job_promote_due(conn: asyncpg.Connection, *, limit: int) -> int:
+async def job_promote_due(conn: Conn, *, limit: int) -> int:
     n: int = await conn.fetchval(_PROMOTE, limit)
     return n
 
 
-async def job_next_due_in(conn: asyncpg.Connection) -> float | None:
+async def job_next_due_in(conn: Conn) -> float | None:
     """Seconds until the earliest scheduled job is due, or None when none is scheduled."""
     v: float | None = await conn.fetchval(_NEXT_DUE)
     return v
 
 
-async def job_ready_queues(conn: asyncpg.Connection) -> list[tuple[str, str]]:
+async def job_ready_queues(conn: Conn) -> list[tuple[str, str]]:
     return [(r["tenant_id"], r["queue"]) for r in await conn.fetch(_READY_QUEUES)]

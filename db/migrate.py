@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+
+from ._types import Conn
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 
@@ -38,7 +39,7 @@ def downgrade(dsn: str, revision: str) -> None:
     command.downgrade(_config(dsn), revision)
 
 
-async def current_revision(conn: asyncpg.Connection) -> str | None:
+async def current_revision(conn: Conn) -> str | None:
     exists = await conn.fetchval("SELECT to_regclass('public.alembic_version') IS NOT NULL")
     if not exists:
         return None
@@ -54,5 +55,5 @@ def schema_status(current: str | None) -> str | None:
     if current is None:
         return "the database has no orchestrator schema: run `orchestrator migrate` (or `serve --migrate`)"
     if current not in known_revisions():
-        return f"the database schema ({current}) is newer than this orchestrator knows (head {head}): upgrade the orchestrator"
-    return f"the database schema ({current}) is older than head ({head}): run `orchestrator migrate` (or `serve --migrate`)"
+        return f"the database schema ({current}) is newer than this orchestrator knows (head {head}): upgrade it"
+    return f"the database schema ({current}) is older than head ({head}): run `orchestrator migrate`"

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from ._queries import sql
+from ._types import Conn
 
 _PING = sql("ping")
 _NOTIFY_PROBE = sql("notify_probe")
@@ -14,9 +13,9 @@ CHANNEL_EVENTS = "orch_events"
 CHANNEL_PROBE = "orch_probe"
 
 
-async def ping(conn: asyncpg.Connection) -> None:
+async def ping(conn: Conn) -> None:
     await conn.fetchval(_PING)
 
 
-async def notify_probe(conn: asyncpg.Connection, token: str) -> None:
+async def notify_probe(conn: Conn, token: str) -> None:
     await conn.execute(_NOTIFY_PROBE, token)

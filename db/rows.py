@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+import asyncpg
 
 from core import JobState
 from core.wire import Job, LeasedJob, Tenant
 
 
-def _job_fields(r: Mapping[str, Any]) -> dict[str, Any]:
+def _job_fields(r: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(r["id"]),
         "tenant_id": r["tenant_id"],
@@ -32,15 +33,15 @@ def _job_fields(r: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def job_from_row(r: Mapping[str, Any]) -> Job:
+def job_from_row(r: asyncpg.Record) -> Job:
     return Job(**_job_fields(r))
 
 
-def leased_job_from_row(r: Mapping[str, Any]) -> LeasedJob:
+def leased_job_from_row(r: asyncpg.Record) -> LeasedJob:
     return LeasedJob(**_job_fields(r), lease_token=r["lease_token"], lease_expires_at=r["lease_expires_at"])
 
 
-def tenant_from_row(r: Mapping[str, Any]) -> Tenant:
+def tenant_from_row(r: asyncpg.Record) -> Tenant:
     return Tenant(
         id=r["id"],
         name=r["name"],

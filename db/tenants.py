@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncpg
 import msgspec
 
 from core.wire import Tenant
 
 from ._queries import sql
+from ._types import Conn
 from .rows import tenant_from_row
 
 _INSERT = sql("tenant_insert")
@@ -21,30 +21,28 @@ _NONCE_INSERT = sql("request_nonce_insert")
 _NONCE_PRUNE = sql("request_nonce_prune")
 
 
-async def tenant_insert(
-    conn: asyncpg.Connection, tenant_id: str, name: str, weight: int, max_inflight: int | None
-) -> Tenant | None:
+async def tenant_insert(conn: Conn, tenant_id: str, name: str, weight: int, max_inflight: int | None) -> Tenant | None:
     """The new tenant, or None when the id exists."""
     row = await conn.fetchrow(_INSERT, tenant_id, name, weight, max_inflight)
     return None if row is None else tenant_from_row(row)
 
 
-async def tenant_get(conn: asyncpg.Connection, tenant_id: str) -> Tenant | None:
+async def tenant_get(conn: Conn, tenant_id: str) -> Tenant | None:
     row = await conn.fetchrow(_GET, tenant_id)
     return None if row is None else tenant_from_row(row)
 
 
-async def tenant_list(conn: asyncpg.Connection) -> list[Tenant]:
+async def tenant_list(conn: Conn) -> list[Tenant]:
     return [tenant_from_row(r) for r in await conn.fetch(_LIST)]
 
 
 async def tenant_update(
-    conn: asyncpg.Connection,
+    conn: Conn,
     tenant_id: str,
     *,
     name: str | None,
     weight: int | None,
-    max_inflight: int | None | msgspec.UnsetType,
+    max_inflight: int | msgspec.UnsetType | None,
     disabled: bool | None,
 ) -> Tenant | None:
     set_cap = max_inflight is not msgspec.UNSET
@@ -61,25 +59,25 @@ class KeyRecord(msgspec.Struct, frozen=True):
     tenant_disabled: bool
 
 
-async def api_key_insert(conn: asyncpg.Connection, key_id: str, secret: str, tenant_id: str | None) -> None:
+async def api_key_insert(conn: Conn, key_id: str, secret: str, tenant_id: str | None) -> None:
     await conn.execute(_KEY_INSERT, key_id, secret, tenant_id)
 
 
-async def api_key_get(conn: asyncpg.Connection, key_id: str) -> KeyRecord | None:
+async def api_key_get(conn: Conn, key_id: str) -> KeyRecord | None:
     r = await conn.fetchrow(_KEY_GET, key_id)
     if r is None:
         return None
     return KeyRecord(r["key_id"], r["secret"], r["tenant_id"], r["revoked"], r["tenant_disabled"])
 
 
-async def api_key_revoke(conn: asyncpg.Connection, key_id: str) -> bool:
+async def api_key_revoke(conn: Conn, key_id: str) -> bool:
     return await conn.fetchval(_KEY_REVOKE, key_id) is not None
 
 
-async def request_nonce_insert(conn: asyncpg.Connection, key_id: str, nonce: str) -> bool:
+async def request_nonce_insert(conn: Conn, key_id: str, nonce: str) -> bool:
     """True when the nonce is new for this key; False for a replay."""
     return bool(await conn.fetchval(_NONCE_INSERT, key_id, nonce))
 
 
-async def request_nonce_prune(conn: asyncpg.Connection, older_than_seconds: int) -> None:
+async def request_nonce_prune(conn: Conn, older_than_seconds: int) -> None:
     await conn.execute(_NONCE_PRUNE, older_than_seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
 
 import db
 from core import Conflict, NotFound, signing
@@ -25,7 +26,7 @@ class AdminController(Controller):
     tags = ["operator"]
 
     @post("/tenants", status_code=201, summary="Create a tenant and its first API key")
-    async def create_tenant(self, request: Request[Any, Any, Any], data: TenantCreate) -> TenantCreated:
+    async def create_tenant(self, request: Request[Any, Any, Any], data: JSONBody[TenantCreate]) -> TenantCreated:
         rt = runtime_of(request)
         async with rt.pool.acquire() as conn, conn.transaction():
             tenant = await db.tenant_insert(conn, data.id, data.name, data.weight, data.max_inflight)
@@ -40,7 +41,7 @@ class AdminController(Controller):
             return TenantList(tenants=await db.tenant_list(conn))
 
     @get("/tenants/{tenant_id:str}", summary="Get a tenant")
-    async def get_tenant(self, request: Request[Any, Any, Any], tenant_id: str) -> Tenant:
+    async def get_tenant(self, request: Request[Any, Any, Any], tenant_id: FromPath[str]) -> Tenant:
         async with runtime_of(request).pool.acquire() as conn:
             tenant = await db.tenant_get(conn, tenant_id)
         if tenant is None:
@@ -48,24 +49,31 @@ class AdminController(Controller):
         return tenant
 
     @patch("/tenants/{tenant_id:str}", summary="Change a tenant's weight, in-flight cap, name or disabled flag")
-    async def patch_tenant(self, request: Request[Any, Any, Any], tenant_id: str, data: TenantPatch) -> Tenant:
+    async def patch_tenant(
+        self, request: Request[Any, Any, Any], tenant_id: FromPath[str], data: JSONBody[TenantPatch]
+    ) -> Tenant:
         async with runtime_of(request).pool.acquire() as conn:
             tenant = await db.tenant_update(
-                conn, tenant_id, name=data.name, weight=data.weight, max_inflight=data.max_inflight, disabled=data.disabled
+                conn,
+                tenant_id,
+                name=data.name,
+                weight=data.weight,
+                max_inflight=data.max_inflight,
+                disabled=data.disabled,
             )
         if tenant is None:
             raise NotFound(f"no tenant {tenant_id}")
         return tenant
 
     @post("/tenants/{tenant_id:str}/keys", status_code=201, summary="Create another API key for a tenant")
-    async def create_tenant_key(self, request: Request[Any, Any, Any], tenant_id: str) -> ApiKey:
+    async def create_tenant_key(self, request: Request[Any, Any, Any], tenant_id: FromPath[str]) -> ApiKey:
         async with runtime_of(request).pool.acquire() as conn, conn.transaction():
             if await db.tenant_get(conn, tenant_id) is None:
                 raise NotFound(f"no tenant {tenant_id}")
             return ApiKey(api_key=await _new_key(conn, tenant_id))
 
     @delete("/keys/{key_id:str}", status_code=204, summary="Revoke a key, at once")
-    async def revoke_key(self, request: Request[Any, Any, Any], key_id: str) -> Response[None]:
+    async def revoke_key(self, request: Request[Any, Any, Any], key_id: FromPath[str]) -> Response[None]:
         async with runtime_of(request).pool.acquire() as conn:
             if not await db.api_key_revoke(conn, key_id):
                 raise NotFound(f"no key {key_id}")

@@ -7,7 +7,9 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 from litestar import Litestar
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +35,7 @@ def _timing(app: ASGIApp) -> ASGIApp:
     """Middleware recording each request's duration by route template and status."""
 
     async def timed(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         t0 = time.perf_counter()
@@ -51,7 +53,7 @@ def _timing(app: ASGIApp) -> ASGIApp:
             rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
             if rt is not None:
                 route = scope.get("path_template") or "unmatched"
-                labels = {"method": scope["method"], "route": route, "status": str(status)}
+                labels = {"method": scope.get("method", ""), "route": route, "status": str(status)}
                 rt.metrics.http_duration.record(time.perf_counter() - t0, labels)
 
     return timed
@@ -83,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await pool.close()
 
-    app = Litestar(
+    return Litestar(
         route_handlers=[JobsController, WorkersController, AdminController, healthz, readyz, metrics],
         lifespan=[lifespan],
         exception_handlers={Exception: errors.handle},
@@ -91,9 +93,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="Job Orchestrator",
             version="1",
-            description="Multi-tenant job orchestrator on PostgreSQL: signed HTTP workers, fenced leases, ordered events.",
+            description="Multi-tenant job orchestrator on PostgreSQL: signed workers, fenced leases, ordered events.",
         ),
         middleware=[_timing],
         debug=False,
     )
-    return app

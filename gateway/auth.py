@@ -68,7 +68,9 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseR
     if not key_id or not timestamp or not nonce or not sig:
         raise _refuse(rt, "missing_header", "X-Key-Id, X-Timestamp, X-Nonce and X-Signature are required")
     if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
-        raise _refuse(rt, "timestamp", f"X-Timestamp must be unix seconds within {signing.MAX_SKEW_SECONDS} s of the server clock")
+        raise _refuse(
+            rt, "timestamp", f"X-Timestamp must be unix seconds within {signing.MAX_SKEW_SECONDS} s of the server clock"
+        )
     if not signing.NONCE_RE.match(nonce):
         raise _refuse(rt, "nonce", "X-Nonce must be 16 to 64 characters of [A-Za-z0-9_-]")
     # Reads (and caches for the handler) the body, enforcing the size limit first.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -61,7 +62,9 @@ DB_DOWN: tuple[type[BaseException], ...] = (
 )
 
 
-def problem(status: int, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None) -> Response[Any]:
+def problem(
+    status: int, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response[Any]:
     body = Problem(
         type=f"https://job-orchestrator.dev/problems/{status}",
         title=TITLES.get(status, "Error"),
@@ -80,7 +83,7 @@ def problem(status: int, detail: str, *, field: str | None = None, headers: dict
 def _status_of(exc: OrchestratorError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 500
 
 
@@ -93,17 +96,29 @@ def _from_validation(exc: ValidationException) -> Response[Any]:
         message = str(item.get("message", ""))
         if "malformed" in message.lower() or "invalid json" in message.lower() or "truncated" in message.lower():
             return problem(400, f"the body is not valid JSON: {message}")
-        key = item.get("key")
-        field = None
-        if " at `$." in message:
-            field = message.rsplit(" at `$.", 1)[1].rstrip("`")
-            message = message.rsplit(" - at ", 1)[0]
-        elif key:
-            field = str(key)
-        if field is not None and item.get("source") not in (None, "body"):
-            return problem(422, f"{field}: {message}", field=field)
+        field, message = _field_of(message, item.get("key"))
         return problem(422, f"{field}: {message}" if field else message, field=field)
     return problem(400, exc.detail)
+
+
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_NAMED = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
+
+
+def _field_of(message: str, key: object) -> tuple[str | None, str]:
+    """The field a msgspec error names, as a path like `jobs[1].priority`, and the bare message."""
+    path = None
+    at = _AT.search(message)
+    if at is not None:
+        path = at.group("path") or None
+        message = message[: at.start()]
+    named = _NAMED.search(message)
+    if named is not None:
+        name = named.group("name")
+        return (f"{path}.{name}" if path else name), message
+    if path is None and key and key != "data":
+        path = str(key)
+    return path, message
 
 
 def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

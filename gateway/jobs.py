@@ -7,7 +7,7 @@ import contextlib
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 import db
 from core import InvalidInput, JobState, NotFound, Settings, is_terminal
@@ -47,7 +47,7 @@ class JobsController(Controller):
     tags = ["jobs"]
 
     @post("/", status_code=201, summary="Submit a job")
-    async def submit(self, request: Request[Any, Any, Any], data: JobSubmit) -> Response[Job]:
+    async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobSubmit]) -> Response[Job]:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         job = new_job(data, rt.settings)
@@ -58,7 +58,7 @@ class JobsController(Controller):
         return Response(inserted.job, status_code=201 if inserted.created else 200)
 
     @post("/batch", status_code=201, summary="Submit up to 1000 jobs, all or nothing")
-    async def submit_batch(self, request: Request[Any, Any, Any], data: JobBatchSubmit) -> JobBatch:
+    async def submit_batch(self, request: Request[Any, Any, Any], data: JSONBody[JobBatchSubmit]) -> JobBatch:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         jobs = [new_job(s, rt.settings, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
@@ -73,8 +73,8 @@ class JobsController(Controller):
     async def get_job(
         self,
         request: Request[Any, Any, Any],
-        job_id: str,
-        wait_ms: Annotated[int, Parameter(ge=0, le=MAX_WAIT_MS)] = 0,
+        job_id: FromPath[str],
+        wait_ms: Annotated[int, QueryParameter(ge=0, le=MAX_WAIT_MS)] = 0,
     ) -> Job:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -102,10 +102,10 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         request: Request[Any, Any, Any],
-        job_state: Annotated[str | None, Parameter(query="state")] = None,
-        queue: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        after: str | None = None,
+        job_state: Annotated[str | None, QueryParameter(name="state")] = None,
+        queue: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        after: FromQuery[str | None] = None,
     ) -> JobList:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -117,7 +117,9 @@ class JobsController(Controller):
                 raise InvalidInput("after must be a cursor returned as next", field="after")
             before_id = int(after)
         async with rt.pool.acquire() as conn:
-            jobs = await db.job_list(conn, tenant_id, state=job_state, queue=queue, before_id=before_id, limit=limit + 1)
+            jobs = await db.job_list(
+                conn, tenant_id, state=job_state, queue=queue, before_id=before_id, limit=limit + 1
+            )
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobList(jobs=jobs, next=jobs[-1].id if more else None)

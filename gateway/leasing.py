@@ -8,8 +8,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import asyncpg
-
 import db
 from core.wire import LeasedJob, LeaseRequest
 
@@ -55,7 +53,7 @@ class Leaser:
                     wait_for: list[asyncio.Future[object]] = [asyncio.ensure_future(waiter.event.wait())]
                     if disconnected is not None:
                         wait_for.append(disconnected)
-                    done, _ = await asyncio.wait(wait_for, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(wait_for, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                     wait_for[0].cancel()
                     if disconnected is not None and disconnected.done():
                         outcome = "disconnected"
@@ -82,7 +80,7 @@ class Leaser:
             self._rt.metrics.jobs_leased.add(len(jobs))
         return jobs
 
-    async def _lease_shared(self, conn: asyncpg.Connection, req: LeaseRequest) -> list[LeasedJob]:
+    async def _lease_shared(self, conn: db.Conn, req: LeaseRequest) -> list[LeasedJob]:
         leased: list[LeasedJob] = []
         candidates = await db.tenant_lease_candidates(conn, self._cursor, req.queues, CANDIDATES)
         for tenant_id, cap in candidates:
@@ -93,7 +91,7 @@ class Leaser:
         return leased
 
     async def _lease_tenant(
-        self, conn: asyncpg.Connection, tenant_id: str, cap: int | None, req: LeaseRequest, limit: int
+        self, conn: db.Conn, tenant_id: str, cap: int | None, req: LeaseRequest, limit: int
     ) -> list[LeasedJob]:
         lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
         if cap is None:

@@ -40,10 +40,16 @@ class Runtime:
             on_reconnect=lambda: self.metrics.listen_reconnects.add(1),
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.metrics.observe_gauge("orch_parked_long_polls", "Lease requests parked", lambda: len(self.notifier.lease_waiters))
-        self.metrics.observe_gauge("orch_pool_connections_in_use", "Pool connections in use", lambda: pool.get_size() - pool.get_idle_size())
+        self.metrics.observe_gauge(
+            "orch_parked_long_polls", "Lease requests parked", lambda: len(self.notifier.lease_waiters)
+        )
+        self.metrics.observe_gauge(
+            "orch_pool_connections_in_use", "Pool connections in use", lambda: pool.get_size() - pool.get_idle_size()
+        )
         self.metrics.observe_gauge("orch_pool_connections_idle", "Idle pool connections", lambda: pool.get_idle_size())
-        self.metrics.observe_gauge("orch_listen_up", "1 while the LISTEN connection is up", lambda: float(self.notifier.listening))
+        self.metrics.observe_gauge(
+            "orch_listen_up", "1 while the LISTEN connection is up", lambda: float(self.notifier.listening)
+        )
 
     async def start(self) -> None:
         await self.notifier.start()
@@ -132,4 +138,3 @@ class Runtime:
                     await db.request_nonce_prune(conn, self.settings.nonce_window_seconds * 2)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("pruning nonces failed: %s", exc)
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, post
+from litestar.params import FromPath, JSONBody
 
 import db
 from core import JobState, NotFound, StaleLease
@@ -75,7 +76,7 @@ class WorkersController(Controller):
     tags = ["workers"]
 
     @post("/workers/lease", status_code=200, summary="Lease jobs, waiting up to wait_ms for one")
-    async def lease(self, request: Request[Any, Any, Any], data: LeaseRequest) -> LeaseResponse:
+    async def lease(self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest]) -> LeaseResponse:
         disconnected = watch_disconnect(request.receive) if data.wait_ms else None
         try:
             jobs = await request.app.state.leaser.lease(principal_of(request).tenant_id, data, disconnected)
@@ -84,7 +85,9 @@ class WorkersController(Controller):
         return LeaseResponse(jobs=jobs)
 
     @post("/jobs/{job_id:str}/heartbeat", status_code=200, summary="Extend a lease")
-    async def heartbeat(self, request: Request[Any, Any, Any], job_id: str, data: Heartbeat) -> HeartbeatResponse:
+    async def heartbeat(
+        self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Heartbeat]
+    ) -> HeartbeatResponse:
         rt = runtime_of(request)
         tenant_id = principal_of(request).tenant_id
         jid = parse_job_id(job_id)
@@ -98,11 +101,13 @@ class WorkersController(Controller):
         return HeartbeatResponse(lease_expires_at=beat[0], cancel_requested=beat[1])
 
     @post("/jobs/{job_id:str}/complete", status_code=200, summary="Complete a leased job")
-    async def complete(self, request: Request[Any, Any, Any], job_id: str, data: Complete) -> Job:
+    async def complete(self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Complete]) -> Job:
         rt = runtime_of(request)
         jid = parse_job_id(job_id)
         async with rt.pool.acquire() as conn:
-            outcomes = await db.job_complete_many(conn, [(jid, data.lease_token, data.result)], principal_of(request).tenant_id)
+            outcomes = await db.job_complete_many(
+                conn, [(jid, data.lease_token, data.result)], principal_of(request).tenant_id
+            )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
         _raise_for(rt, _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})))
@@ -110,14 +115,17 @@ class WorkersController(Controller):
         return outcome.job
 
     @post("/jobs/{job_id:str}/fail", status_code=200, summary="Fail a leased job: retry later, or dead")
-    async def fail(self, request: Request[Any, Any, Any], job_id: str, data: Fail) -> Job:
+    async def fail(self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Fail]) -> Job:
         rt = runtime_of(request)
         jid = parse_job_id(job_id)
         item = _fail_item(jid, data.lease_token, data.error, data.retryable, data.retry_in_ms)
         async with rt.pool.acquire() as conn:
             outcomes = await db.job_fail_many(
-                conn, [item], principal_of(request).tenant_id,
-                base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms,
+                conn,
+                [item],
+                principal_of(request).tenant_id,
+                base_ms=rt.settings.retry_base_ms,
+                cap_ms=rt.settings.retry_cap_ms,
             )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
@@ -126,7 +134,7 @@ class WorkersController(Controller):
         return outcome.job
 
     @post("/workers/ack", status_code=200, summary="Complete and fail many jobs in one round trip")
-    async def ack(self, request: Request[Any, Any, Any], data: Ack) -> AckResponse:
+    async def ack(self, request: Request[Any, Any, Any], data: JSONBody[Ack]) -> AckResponse:
         rt = runtime_of(request)
         tenant_id = principal_of(request).tenant_id
         completes = [(int(c.id), c.lease_token, c.result) for c in data.complete]
@@ -150,9 +158,10 @@ class WorkersController(Controller):
         return AckResponse(results=results)
 
 
-def _ack_result(rt: Runtime, jid: int, outcome: db.Outcome | None, token: int, repeat: frozenset[JobState]) -> AckResult:
+def _ack_result(
+    rt: Runtime, jid: int, outcome: db.Outcome | None, token: int, repeat: frozenset[JobState]
+) -> AckResult:
     status = _judge(outcome, token, repeat)
     if status == 409:
         rt.metrics.fencing_rejections.add(1)
     return AckResult(id=str(jid), status=status, state=None if outcome is None else outcome.job.state)  # type: ignore[arg-type]
-

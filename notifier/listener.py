@@ -186,13 +186,13 @@ class Notifier:
 
     # --- dispatch ----------------------------------------------------------------------
 
-    def _on_jobs(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_jobs(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if self._on_notification is not None:
             self._on_notification(db.CHANNEL_JOBS)
         try:
-            news = _jobs_decoder.decode(payload)
+            news = _jobs_decoder.decode(str(payload))
         except msgspec.DecodeError:
-            log.warning("unreadable notification on %s: %r", db.CHANNEL_JOBS, payload[:200])
+            log.warning("unreadable notification on %s: %r", db.CHANNEL_JOBS, str(payload)[:200])
             self.lease_waiters.wake_all()
             return
         for tenant_id, queue, n in news.r:
@@ -200,11 +200,11 @@ class Notifier:
         if news.s is not None and self._on_due is not None:
             self._on_due(news.s)
 
-    def _on_events(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _on_events(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         if self._on_notification is not None:
             self._on_notification(db.CHANNEL_EVENTS)
         try:
-            news = _events_decoder.decode(payload)
+            news = _events_decoder.decode(str(payload))
         except msgspec.DecodeError:
             news = _EventsNews(all=True)
         if news.all:
@@ -212,8 +212,8 @@ class Notifier:
         else:
             self.job_waiters.wake(news.j)
 
-    def _on_probe(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        fut = self._probes.get(payload)
+    def _on_probe(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        fut = self._probes.get(str(payload))
         if fut is not None and not fut.done():
             fut.set_result(None)
 

@@ -1,0 +1,53 @@
+# Job Orchestrator — `just` lists the recipes.
+
+set positional-arguments
+
+# List the recipes
+[group('help')]
+default:
+    @just --list --unsorted
+
+# Run the gateway (embedded PostgreSQL unless DATABASE_URL is set)
+[group('run')]
+serve *args:
+    orchestrator serve "$@"
+
+# Start everything, run a sample load across two tenants, show what happened
+[group('run')]
+demo *args:
+    python -m examples.demo "$@"
+
+# Run the whole test suite against a real PostgreSQL (embedded unless DATABASE_URL is set)
+[group('dev')]
+test *args:
+    python -m pytest "$@"
+
+# Lint, format check, strict types, import contracts and schema drift
+[group('dev')]
+check:
+    ruff check .
+    ruff format --check .
+    mypy
+    lint-imports
+    orchestrator db-dump --check
+
+# Format the code
+[group('dev')]
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# Migrate the database (DATABASE_URL, or the embedded one in ORCH_DATA_DIR)
+[group('db')]
+migrate:
+    orchestrator migrate
+
+# Regenerate db/schema.sql from the migrations
+[group('db')]
+db-dump:
+    orchestrator db-dump
+
+# Delete the local data folder (the embedded database and the admin token)
+[group('db')]
+reset:
+    rm -rf "${ORCH_DATA_DIR:-.orchestrator}"

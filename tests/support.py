@@ -1,0 +1,227 @@
+"""Test support: a signed HTTP client, servers on free ports, and waiting with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+import uvicorn
+
+from core import Settings, signing
+from gateway import create_app
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, every: float = 0.05) -> T:
+    """Retry `check` until it returns something truthy, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s (last value {value!r})")
+        await asyncio.sleep(every)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    raw: bytes
+
+
+class Api:
+    """Raw HTTP against a gateway: signs with any key, and can sign wrongly on purpose."""
+
+    def __init__(self, url: str, admin_token: str) -> None:
+        self.url = url.rstrip("/")
+        self.admin_token = admin_token
+        self.session = aiohttp.ClientSession()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+        data = io.BytesIO(body) if len(body) > 65536 else (body or None)
+        async with self.session.request(method, self.url + path, data=data, headers=headers) as r:
+            raw = await r.read()
+            ctype = r.headers.get("content-type", "")
+            parsed = msgspec.json.decode(raw) if raw and "json" in ctype else raw
+            return Reply(r.status, parsed, dict(r.headers), raw)
+
+    async def admin(self, method: str, path: str, json: Any = None, *, token: str | None = None) -> Reply:
+        body = b"" if json is None else msgspec.json.encode(json)
+        headers = {"Authorization": f"Bearer {token or self.admin_token}", "Content-Type": "application/json"}
+        return await self._send(method, path, body, headers)
+
+    async def signed(
+        self,
+        key: str,
+        method: str,
+        path: str,
+        json: Any = None,
+        *,
+        body: bytes | None = None,
+        timestamp: float | None = None,
+        nonce: str | None = None,
+        sign_body: bytes | None = None,
+        sign_key: str | None = None,
+        drop: str | None = None,
+    ) -> Reply:
+        """Send a signed request; the keyword arguments bend the signature for negative tests."""
+        raw = body if body is not None else (b"" if json is None else msgspec.json.encode(json))
+        headers = signing.sign_headers(
+            sign_key or key, method, path, raw if sign_body is None else sign_body, now=timestamp
+        )
+        if sign_key is not None:
+            headers[signing.HEADER_KEY_ID] = signing.split_api_key(key)[0]
+        if nonce is not None:
+            _, secret = signing.split_api_key(sign_key or key)
+            ts = headers[signing.HEADER_TIMESTAMP]
+            headers[signing.HEADER_NONCE] = nonce
+            headers[signing.HEADER_SIGNATURE] = signing.signature(
+                secret, method, path, ts, nonce, raw if sign_body is None else sign_body
+            )
+        if drop is not None:
+            headers.pop(drop)
+        headers["Content-Type"] = "application/json"
+        return await self._send(method, path, raw, headers)
+
+    async def tenant(self, tenant_id: str, **fields: Any) -> str:
+        """Create a tenant; returns its API key."""
+        r = await self.admin("POST", "/v1/admin/tenants", {"id": tenant_id, **fields})
+        assert r.status == 201, r.body
+        key: str = r.body["api_key"]
+        return key
+
+    async def worker_key(self) -> str:
+        r = await self.admin("POST", "/v1/admin/worker-keys")
+        assert r.status == 201, r.body
+        key: str = r.body["api_key"]
+        return key
+
+
+class InProcessGateway:
+    """The real app behind a real uvicorn server on a free loopback port, in the test's loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, lifespan="on", log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("gateway exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError("gateway did not start")
+            await asyncio.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 20)
+
+
+class GatewayProcess:
+    """`orchestrator serve` as a real child process (or several, with --workers)."""
+
+    def __init__(
+        self, database_url: str, admin_token: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "DATABASE_URL": database_url, "ORCH_ADMIN_TOKEN": admin_token, **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        async with aiohttp.ClientSession() as s:
+
+            async def ready() -> bool:
+                if self.proc.poll() is not None:
+                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                    raise RuntimeError(f"gateway exited with {self.proc.returncode}: {out}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(self.url + "/readyz") as r:
+                        return r.status == 200
+                return False
+
+            await eventually(ready, timeout=timeout, every=0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@contextlib.asynccontextmanager
+async def running(gw: InProcessGateway) -> AsyncIterator[InProcessGateway]:
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+async def fetch(database_url: str, query: str, *args: Any) -> list[Any]:
+    """Inspect the database directly (tests only: product SQL lives in db/)."""
+    import db
+
+    conn = await db.connect(database_url)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+async def fetchval(database_url: str, query: str, *args: Any) -> Any:
+    rows = await fetch(database_url, query, *args)
+    return rows[0][0] if rows else None
