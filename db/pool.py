@@ -39,7 +39,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": "orchestrator"})
+async def connect(dsn: str, *, application_name: str = "orchestrator") -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name})
     await init_connection(conn)
     return conn

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 import tempfile
 import uuid
@@ -46,6 +48,14 @@ def _database(data_dir: Path, configured: str | None) -> tuple[str, db.EmbeddedP
     return dsn, embedded
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _exit_quietly(_sig: int, _frame: object) -> None:
+    raise _Stopped
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -67,18 +77,23 @@ def serve(args: argparse.Namespace) -> int:
         print(f"Job Orchestrator listening on http://{args.host}:{args.port} ({args.workers} process(es))", flush=True)
         if settings.admin_token is None:
             print(f"admin token: {token} (kept in {data_dir / 'admin_token'})", flush=True)
-        uvicorn.run(
+        # uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown; turn that into a normal exit
+        # so the embedded database below is stopped rather than left running.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_quietly)
+        with contextlib.suppress(_Stopped):
+            uvicorn.run(
             "gateway.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop="uvloop",
-            http="httptools",
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                loop="uvloop",
+                http="httptools",
+                log_level=args.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=5,
+            )
         return 0
     finally:
         if embedded is not None:

@@ -130,6 +130,9 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
         return problem(exc.status_code, exc.detail, headers=exc.headers)
+    if isinstance(exc, asyncpg.DataError):
+        # Input that passed validation but that PostgreSQL cannot store (e.g. \u0000 in jsonb).
+        return problem(422, f"a value cannot be stored: {exc}")
     if isinstance(exc, DB_DOWN):
         log.warning("database unreachable during %s %s: %r", request.method, request.url.path, exc)
         return problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": RETRY_AFTER_SECONDS})

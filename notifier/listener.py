@@ -24,6 +24,9 @@ from .waiters import ANY, JobWaiters, LeaseWaiters
 
 log = logging.getLogger("orchestrator.notifier")
 
+# Names the LISTEN connection in pg_stat_activity.
+LISTEN_APPLICATION_NAME = "orchestrator-listen"
+
 
 class _JobsNews(msgspec.Struct):
     r: list[tuple[str, str, int]] = []
@@ -132,7 +135,7 @@ class Notifier:
             delay = min(delay * 2, 5.0)
 
     async def _connect(self) -> None:
-        conn = await db.connect(self._dsn)
+        conn = await db.connect(self._dsn, application_name=LISTEN_APPLICATION_NAME)
         self._lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: self._lost.set())
         await conn.add_listener(db.CHANNEL_JOBS, self._on_jobs)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -163,26 +164,42 @@ class GatewayProcess:
     """`orchestrator serve` as a real child process (or several, with --workers)."""
 
     def __init__(
-        self, database_url: str, admin_token: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+        self,
+        database_url: str | None,
+        admin_token: str | None,
+        *,
+        workers: int = 1,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "DATABASE_URL": database_url, "ORCH_ADMIN_TOKEN": admin_token, **(extra_env or {})}
+        child_env = dict(os.environ if env is None else env)
+        if database_url is not None:
+            child_env["DATABASE_URL"] = database_url
+        if admin_token is not None:
+            child_env["ORCH_ADMIN_TOKEN"] = admin_token
+        args = ["serve", "--port", str(self.port), "--workers", str(workers), *(extra_args or [])]
+        # A file, not a pipe: a pipe nobody reads would block the server once full.
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
-            env=env,
-            stdout=subprocess.PIPE,
+            [sys.executable, "-m", "gateway.cli", *args],
+            env=child_env,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         async with aiohttp.ClientSession() as s:
 
             async def ready() -> bool:
                 if self.proc.poll() is not None:
-                    out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                    raise RuntimeError(f"gateway exited with {self.proc.returncode}: {out}")
+                    raise RuntimeError(f"gateway exited with {self.proc.returncode}: {self.output()}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with s.get(self.url + "/readyz") as r:
                         return r.status == 200
@@ -190,7 +207,11 @@ class GatewayProcess:
 
             await eventually(ready, timeout=timeout, every=0.1)
 
-    def stop(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def stop(self) -> str:
+        """Stop the process group (SIGTERM, then SIGKILL) and return what it printed."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -198,8 +219,9 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        output = self.output()
+        self._log.close()
+        return output
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,96 @@
+"""The `orchestrator` command line: embedded default, schema checks, migrate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import db
+
+from .conftest import ADMIN_TOKEN, _admin
+from .support import Api, GatewayProcess, eventually, fetchval, free_port
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+
+
+@pytest.fixture
+def empty_database(pg_server: str) -> Iterator[str]:
+    name = f"orch_empty_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_admin(pg_server, ("create", name, None)))
+    try:
+        yield db.with_database(pg_server, name)
+    finally:
+        asyncio.run(_admin(pg_server, ("drop", name, None)))
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, timeout=90)
+
+
+def test_serve_refuses_a_database_without_the_schema(empty_database: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database, "ORCH_ADMIN_TOKEN": ADMIN_TOKEN}
+    out = _cli("serve", "--port", str(free_port()), env=env)
+    assert out.returncode == 2
+    assert "orchestrator migrate" in out.stderr
+
+
+async def test_migrate_then_serve(empty_database: str) -> None:
+    env = {**os.environ, "DATABASE_URL": empty_database}
+    out = await asyncio.to_thread(_cli, "migrate", env=env)
+    assert out.returncode == 0, out.stderr
+    assert await fetchval(empty_database, "SELECT version_num FROM alembic_version") == db.head_revision()
+    gw = GatewayProcess(empty_database, ADMIN_TOKEN)
+    try:
+        await gw.wait_ready()
+    finally:
+        gw.stop()
+
+
+async def test_serve_with_migrate_flag_migrates_first(empty_database: str) -> None:
+    gw = GatewayProcess(empty_database, ADMIN_TOKEN, extra_args=["--migrate"])
+    try:
+        await gw.wait_ready()
+        client = Api(gw.url, ADMIN_TOKEN)
+        try:
+            assert (await client.admin("GET", "/v1/admin/tenants")).body == {"tenants": []}
+        finally:
+            await client.close()
+    finally:
+        gw.stop()
+
+
+async def test_embedded_default_starts_its_own_database(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ORCH_ADMIN_TOKEN")}
+    env["ORCH_DATA_DIR"] = str(tmp_path / "data")
+    gw = GatewayProcess(None, None, env=env)
+    try:
+        await gw.wait_ready(timeout=60)
+        token_file = tmp_path / "data" / "admin_token"
+        token = token_file.read_text().strip()
+        assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+        client = Api(gw.url, token)
+        try:
+            key = await client.tenant("tenant-a")
+            assert (await client.signed(key, "POST", "/v1/jobs", {"payload": {}})).status == 201
+        finally:
+            await client.close()
+    finally:
+        output = gw.stop()
+    assert f"listening on {gw.url}" in output
+    assert f"admin token: {token}" in output
+    assert "embedded PostgreSQL" in output
+    import psutil
+
+    data_dir = str(tmp_path / "data")
+
+    async def postgres_gone() -> bool:
+        return not any(data_dir in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+    await eventually(postgres_gone, timeout=15)
