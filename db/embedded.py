@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -35,12 +37,25 @@ class EmbeddedPostgres:
         self._server.cleanup()
 
 
-def pg_bin(name: str) -> str:
-    """Path of a PostgreSQL client program: the embedded distribution's, else the system's."""
-    bundled = Path(str(_pgserver().__file__)).parent / "pginstall" / "bin" / name
-    if bundled.exists():
-        return str(bundled)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(name)
-    return found
+def _major(program: str) -> int | None:
+    out = subprocess.run([program, "--version"], capture_output=True, text=True, check=False).stdout
+    found = re.search(r"(\d+)(?:\.\d+)?", out)
+    return int(found.group(1)) if found else None
+
+
+def pg_bin(name: str, major: int | None = None) -> str:
+    """Path of a PostgreSQL client program, of the server's major version when one is given.
+
+    The embedded distribution's comes first; then the Debian layout, then PATH.
+    """
+    candidates = [
+        Path(str(_pgserver().__file__)).parent / "pginstall" / "bin" / name,
+        *([Path(f"/usr/lib/postgresql/{major}/bin/{name}")] if major is not None else []),
+    ]
+    on_path = shutil.which(name)
+    if on_path is not None:
+        candidates.append(Path(on_path))
+    for path in candidates:
+        if path.exists() and (major is None or _major(str(path)) == major):
+            return str(path)
+    raise FileNotFoundError(f"{name} for PostgreSQL {major or 'any version'}")

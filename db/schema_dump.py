@@ -12,9 +12,25 @@ SCHEMA_FILE = Path(__file__).parent / "schema.sql"
 _DROP = re.compile(r"^(--|SET |SELECT pg_catalog\.set_config|\\restrict|\\unrestrict)")
 
 
-def dump_schema(dsn: str) -> str:
+def _server_major(dsn: str) -> int:
     out = subprocess.run(
-        [pg_bin("pg_dump"), "--schema-only", "--no-owner", "--no-privileges", "--no-comments", "-d", dsn],
+        [pg_bin("psql"), "-AtX", "-d", dsn, "-c", "SHOW server_version_num"], check=True, capture_output=True, text=True
+    ).stdout
+    return int(out.strip()) // 10000
+
+
+def dump_schema(dsn: str) -> str:
+    # pg_dump of the server's own major version: a newer one renders some things differently.
+    out = subprocess.run(
+        [
+            pg_bin("pg_dump", _server_major(dsn)),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            "--no-comments",
+            "-d",
+            dsn,
+        ],
         check=True,
         capture_output=True,
         text=True,

@@ -83,7 +83,7 @@ def serve(args: argparse.Namespace) -> int:
             signal.signal(sig, _exit_quietly)
         with contextlib.suppress(_Stopped):
             uvicorn.run(
-            "gateway.app:create_app",
+                "gateway.app:create_app",
                 factory=True,
                 host=args.host,
                 port=args.port,

@@ -80,6 +80,9 @@ class Notifier:
         self._tasks.append(asyncio.create_task(self._safety_poll_loop(), name="notifier-safety-poll"))
         if self._enabled:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="notifier-listen"))
+            # Serve with the LISTEN path up when it can be; the loop keeps trying if not.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), 5.0)
 
     async def stop(self) -> None:
         for t in self._tasks:

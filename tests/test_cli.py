@@ -31,7 +31,9 @@ def empty_database(pg_server: str) -> Iterator[str]:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, timeout=90)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True, timeout=90
+    )
 
 
 def test_serve_refuses_a_database_without_the_schema(empty_database: str) -> None:

@@ -8,7 +8,16 @@ import random
 import msgspec
 import pytest
 
-from core import TERMINAL, EventType, JobState, backoff_ceiling_ms, backoff_ms, can_transition, signing, transition_event
+from core import (
+    TERMINAL,
+    EventType,
+    JobState,
+    backoff_ceiling_ms,
+    backoff_ms,
+    can_transition,
+    signing,
+    transition_event,
+)
 from core.wire import JobSubmit, LeaseRequest
 
 pytestmark = pytest.mark.timeout(10)
@@ -54,7 +63,9 @@ def test_signature_follows_the_documented_string_to_sign() -> None:
     sts = signing.string_to_sign("post", "/v1/jobs?x=1", "1700000000", "n" * 16, body)
     import hashlib
 
-    assert sts == b"\n".join([b"POST", b"/v1/jobs?x=1", b"1700000000", b"n" * 16, hashlib.sha256(body).hexdigest().encode()])
+    assert sts == b"\n".join(
+        [b"POST", b"/v1/jobs?x=1", b"1700000000", b"n" * 16, hashlib.sha256(body).hexdigest().encode()]
+    )
     empty = signing.string_to_sign("GET", "/v1/jobs/1", "1", "n" * 16, b"")
     assert empty.endswith(hashlib.sha256(b"").hexdigest().encode())
     sig = signing.signature("secret", "POST", "/v1/jobs", "1", "n" * 16, body)

@@ -19,13 +19,24 @@ async def test_lifecycle_writes_one_event_per_change(api: Api, database_url: str
     job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "kind": "email", "max_attempts": 3})).body
     lease = {"worker_id": "w", "wait_ms": 5000}
     first = (await api.signed(key, "POST", "/v1/workers/lease", lease)).body["jobs"][0]
-    await api.signed(key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": first["lease_token"], "error": "x", "retry_in_ms": 50})
+    await api.signed(
+        key,
+        "POST",
+        f"/v1/jobs/{job['id']}/fail",
+        {"lease_token": first["lease_token"], "error": "x", "retry_in_ms": 50},
+    )
     second = (await api.signed(key, "POST", "/v1/workers/lease", lease)).body["jobs"][0]
     r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/complete", {"lease_token": second["lease_token"]})
     assert r.body["state"] == "succeeded" and r.body["attempts"] == 2
 
     events = await _events(database_url, job["id"])
-    assert [t for t, _ in events] == ["job.created", "job.started", "job.retry_scheduled", "job.started", "job.succeeded"]
+    assert [t for t, _ in events] == [
+        "job.created",
+        "job.started",
+        "job.retry_scheduled",
+        "job.started",
+        "job.succeeded",
+    ]
     assert events[1][1]["lease_token"] == first["lease_token"] and events[1][1]["attempt"] == 1
     assert events[2][1]["error"] == "x" and "run_at" in events[2][1]
     assert events[3][1]["lease_token"] == second["lease_token"] and events[3][1]["attempt"] == 2
@@ -81,7 +92,9 @@ async def test_batch_submit_keeps_order_and_honours_idempotency_keys(api: Api, d
 
 async def test_list_pages_newest_first(api: Api) -> None:
     key = await api.tenant("tenant-a")
-    await api.signed(key, "POST", "/v1/jobs/batch", {"jobs": [{"payload": {"n": n}, "queue": "q" + str(n % 2)} for n in range(7)]})
+    await api.signed(
+        key, "POST", "/v1/jobs/batch", {"jobs": [{"payload": {"n": n}, "queue": "q" + str(n % 2)} for n in range(7)]}
+    )
     seen: list[int] = []
     after = None
     while True:

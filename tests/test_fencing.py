@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .support import Api, fetch, fetchval
@@ -9,7 +11,7 @@ from .support import Api, fetch, fetchval
 pytestmark = pytest.mark.timeout(60)
 
 
-async def _lease(api: Api, key: str, **fields: object) -> dict[str, object]:
+async def _lease(api: Api, key: str, **fields: object) -> dict[str, Any]:
     r = await api.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 0, **fields})
     assert r.status == 200, r.body
     (job,) = r.body["jobs"]
@@ -26,7 +28,9 @@ async def test_stale_token_gets_409_and_changes_nothing(api: Api, database_url: 
     job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "max_attempts": 3})).body
     first = await _lease(api, key, lease_seconds=1)
     # The first lease expires and the reaper hands the job back; a second worker leases it.
-    await fetchval(database_url, "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1", int(job["id"]))
+    await fetchval(
+        database_url, "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1", int(job["id"])
+    )
     assert (await api.admin("POST", "/v1/admin/reap")).body == {"requeued": 1}
     second = await _lease_when_ready(api, key)
     assert second["id"] == first["id"] and second["lease_token"] != first["lease_token"]
@@ -48,7 +52,9 @@ async def test_stale_token_gets_409_and_changes_nothing(api: Api, database_url: 
     assert await _job_row(database_url, job["id"]) == before
     assert await fetchval(database_url, "SELECT count(*) FROM events") == events_before
     # The current holder is unaffected.
-    r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/complete", {"lease_token": second["lease_token"], "result": 7})
+    r = await api.signed(
+        key, "POST", f"/v1/jobs/{job['id']}/complete", {"lease_token": second["lease_token"], "result": 7}
+    )
     assert (r.status, r.body["state"], r.body["result"]) == (200, "succeeded", 7)
 
 
@@ -61,7 +67,10 @@ async def test_repeated_completion_answers_the_same_and_writes_no_second_event(a
     second = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/complete", body)
     assert first.status == second.status == 200
     assert first.body == second.body
-    types = [r["type"] for r in await fetch(database_url, "SELECT type FROM events WHERE job_id = $1 ORDER BY id", int(job["id"]))]
+    types = [
+        r["type"]
+        for r in await fetch(database_url, "SELECT type FROM events WHERE job_id = $1 ORDER BY id", int(job["id"]))
+    ]
     assert types == ["job.created", "job.started", "job.succeeded"]
     # A fail with the same token after success is a conflict, not a second outcome.
     r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": job["lease_token"], "error": "x"})
@@ -78,7 +87,10 @@ async def test_repeated_fail_is_idempotent(api: Api, database_url: str) -> None:
     second = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/fail", body)
     assert first.status == second.status == 200
     assert first.body == second.body and first.body["state"] == "scheduled"
-    types = [r["type"] for r in await fetch(database_url, "SELECT type FROM events WHERE job_id = $1 ORDER BY id", int(job["id"]))]
+    types = [
+        r["type"]
+        for r in await fetch(database_url, "SELECT type FROM events WHERE job_id = $1 ORDER BY id", int(job["id"]))
+    ]
     assert types == ["job.created", "job.started", "job.retry_scheduled"]
 
 
@@ -86,7 +98,9 @@ async def test_heartbeat_extends_the_lease(api: Api) -> None:
     key = await api.tenant("tenant-a")
     await api.signed(key, "POST", "/v1/jobs", {"payload": {}})
     job = await _lease(api, key, lease_seconds=5)
-    r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/heartbeat", {"lease_token": job["lease_token"], "extend_seconds": 600})
+    r = await api.signed(
+        key, "POST", f"/v1/jobs/{job['id']}/heartbeat", {"lease_token": job["lease_token"], "extend_seconds": 600}
+    )
     assert r.status == 200, r.body
     assert r.body["cancel_requested"] is False
     assert r.body["lease_expires_at"] > str(job["lease_expires_at"])
@@ -96,7 +110,9 @@ async def test_fail_paths_retry_then_dead(api: Api, database_url: str) -> None:
     key = await api.tenant("tenant-a")
     await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "max_attempts": 2})
     job = await _lease(api, key)
-    r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": job["lease_token"], "error": "e1", "retry_in_ms": 0})
+    r = await api.signed(
+        key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": job["lease_token"], "error": "e1", "retry_in_ms": 0}
+    )
     assert (r.body["state"], r.body["attempts"], r.body["last_error"]) == ("scheduled", 1, "e1")
     job = await _lease_when_ready(api, key)
     r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": job["lease_token"], "error": "e2"})
@@ -113,7 +129,7 @@ async def test_fail_paths_retry_then_dead(api: Api, database_url: str) -> None:
     assert dead == 2
 
 
-async def _lease_when_ready(api: Api, key: str) -> dict[str, object]:
+async def _lease_when_ready(api: Api, key: str) -> dict[str, Any]:
     """A retry due now is promoted by the gateway's timer; the long-poll wakes for it."""
     r = await api.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 5000})
     assert r.status == 200 and r.body["jobs"], r.body

@@ -68,7 +68,8 @@ async def test_lease_storm_across_two_gateway_processes(database_url: str) -> No
         rows = await fetch(database_url, "SELECT state::text AS state, attempts, count(*) AS n FROM jobs GROUP BY 1, 2")
         assert [(r["state"], r["attempts"], r["n"]) for r in rows] == [("succeeded", 1, JOBS)]
         events = Counter(
-            (r["type"], r["n"]) for r in await fetch(database_url, "SELECT type, count(*) AS n FROM events GROUP BY job_id, type")
+            (r["type"], r["n"])
+            for r in await fetch(database_url, "SELECT type, count(*) AS n FROM events GROUP BY job_id, type")
         )
         assert events == {("job.created", 1): JOBS, ("job.started", 1): JOBS, ("job.succeeded", 1): JOBS}
     finally:

@@ -14,7 +14,9 @@ from .support import Api, InProcessGateway, eventually, fetch, fetchval
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_lost_listen_connection_reconnects_and_catches_up(api: Api, gateway: InProcessGateway, database_url: str) -> None:
+async def test_lost_listen_connection_reconnects_and_catches_up(
+    api: Api, gateway: InProcessGateway, database_url: str
+) -> None:
     key = await api.tenant("tenant-a")
     notifier = gateway.runtime.notifier
     lease = asyncio.create_task(api.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 20_000}))

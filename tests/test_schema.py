@@ -20,7 +20,13 @@ def test_migrations_produce_the_committed_schema(database_url: str) -> None:
 async def test_downgrade_then_upgrade_round_trips(database_url: str) -> None:
     before = db.dump_schema(database_url)
     await asyncio.to_thread(db.downgrade, database_url, "base")
-    assert await fetchval(database_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'") == 0
+    assert (
+        await fetchval(
+            database_url,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'",
+        )
+        == 0
+    )
     assert await fetchval(database_url, "SELECT count(*) FROM pg_type WHERE typname = 'job_state'") == 0
     await asyncio.to_thread(db.upgrade, database_url)
     assert db.dump_schema(database_url) == before
@@ -37,9 +43,13 @@ async def test_database_enforces_the_state_machine(database_url: str) -> None:
                 "INSERT INTO jobs (tenant_id, queue, state, max_attempts, finished_at) VALUES ('t', 'q', 'ready', 1, now())"
             )
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'succeeded', 1)")
+            await conn.execute(
+                "INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'succeeded', 1)"
+            )
         with pytest.raises(asyncpg.CheckViolationError):
-            await conn.execute("INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'running', 1)")
+            await conn.execute(
+                "INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'running', 1)"
+            )
         with pytest.raises(asyncpg.InvalidTextRepresentationError):
             await conn.execute("INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'lost', 1)")
     finally:

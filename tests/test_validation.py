@@ -34,7 +34,9 @@ async def test_malformed_json_is_400(api: Api) -> None:
         ("/v1/workers/lease", {"max_jobs": 1}, "worker_id"),
     ],
 )
-async def test_invalid_fields_are_422_naming_the_field(api: Api, database_url: str, path: str, body: object, field: str) -> None:
+async def test_invalid_fields_are_422_naming_the_field(
+    api: Api, database_url: str, path: str, body: object, field: str
+) -> None:
     key = await api.tenant("tenant-a")
     r = await api.signed(key, "POST", path, body)
     assert r.status == 422, r.body

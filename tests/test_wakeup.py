@@ -88,7 +88,9 @@ async def test_without_notifications_the_safety_poll_still_delivers(settings: Se
         client = Api(gw.url, settings.admin_token or "")
         try:
             key = await client.tenant("tenant-a")
-            lease = asyncio.create_task(client.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 10_000}))
+            lease = asyncio.create_task(
+                client.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 10_000})
+            )
             await asyncio.sleep(0)
             await client.signed(key, "POST", "/v1/jobs", {"payload": {}})
             r = await asyncio.wait_for(lease, 5)
