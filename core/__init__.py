@@ -1,6 +1,6 @@
 """The domain, pure: states, wire types, signing, retry policy, settings and errors."""
 
-from . import signing, wire
+from . import cron, signing, wire
 from .errors import (
     Conflict,
     Forbidden,
@@ -33,6 +33,7 @@ __all__ = [
     "backoff_ceiling_ms",
     "backoff_ms",
     "can_transition",
+    "cron",
     "is_terminal",
     "load_settings",
     "signing",

@@ -6,6 +6,7 @@ accept them so old clients keep working against newer servers.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -14,11 +15,14 @@ from msgspec import Meta, Struct
 
 from .states import EventType, JobState
 
-Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+QUEUE_RE = re.compile(NAME_PATTERN)
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Priority = Annotated[int, Meta(ge=-1000, le=1000)]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
 JobIdStr = Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")]
 UtcTime = Annotated[datetime, Meta(tz=True)]
+BackoffMs = Annotated[int, Meta(ge=0, le=7 * 86_400_000)]
 MAX_BATCH = 1000
 
 
@@ -43,6 +47,8 @@ class JobSubmit(_Request, frozen=True):
     max_attempts: MaxAttempts | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
     timeout_seconds: Annotated[int, Meta(ge=1, le=7 * 86_400)] | None = None
+    retry_base_ms: BackoffMs | None = None
+    retry_cap_ms: BackoffMs | None = None
 
 
 class JobBatchSubmit(_Request, frozen=True):
@@ -68,6 +74,8 @@ class Job(_Response, frozen=True):
     idempotency_key: str | None = None
     timeout_seconds: int | None = None
     cancel_requested: bool = False
+    retry_base_ms: int | None = None
+    retry_cap_ms: int | None = None
 
 
 class LeasedJob(Job, frozen=True):
@@ -152,6 +160,34 @@ class AckResponse(_Response, frozen=True):
     results: list[AckResult]
 
 
+class RetryPolicy(_Request, frozen=True):
+    """Overrides of the deployment's retry defaults; unset fields fall through to the next level."""
+
+    max_attempts: MaxAttempts | None = None
+    retry_base_ms: BackoffMs | None = None
+    retry_cap_ms: BackoffMs | None = None
+
+
+class RetryPolicyOut(_Response, frozen=True):
+    queue: str | None  # None: the tenant-wide policy
+    max_attempts: int | None = None
+    retry_base_ms: int | None = None
+    retry_cap_ms: int | None = None
+
+
+class Replay(_Request, frozen=True):
+    """Operator bulk replay: the named jobs, or a tenant's dead-letter queue (optionally one queue)."""
+
+    tenant_id: Name
+    ids: Annotated[list[JobIdStr], Meta(max_length=MAX_BATCH)] | None = None
+    queue: Name | None = None
+    limit: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+
+
+class Replayed(_Response, frozen=True):
+    replayed: int
+
+
 # --- events --------------------------------------------------------------------------------
 
 
@@ -214,3 +250,55 @@ class Problem(_Response, frozen=True):
     status: int
     detail: str
     field: str | None = None
+
+
+# --- schedules -----------------------------------------------------------------------------
+
+CronExpr = Annotated[str, Meta(min_length=1, max_length=256)]
+TimeZoneName = Annotated[str, Meta(min_length=1, max_length=64)]
+JobKind = Annotated[str, Meta(max_length=128)]
+
+
+class ScheduleCreate(_Request, frozen=True):
+    name: Name
+    cron: CronExpr
+    timezone: TimeZoneName = "UTC"
+    queue: Name = "default"
+    kind: JobKind = ""
+    payload: dict[str, Any] = {}
+    priority: Priority = 0
+    max_attempts: MaxAttempts | None = None
+    paused: bool = False
+
+
+class SchedulePatch(_Request, frozen=True):
+    name: Name | None = None
+    cron: CronExpr | None = None
+    timezone: TimeZoneName | None = None
+    queue: Name | None = None
+    kind: JobKind | None = None
+    payload: dict[str, Any] | None = None
+    priority: Priority | None = None
+    # null clears it (the server's default applies); absent leaves it.
+    max_attempts: MaxAttempts | msgspec.UnsetType | None = msgspec.UNSET
+    paused: bool | None = None
+
+
+class Schedule(_Response, frozen=True):
+    name: str
+    tenant_id: str
+    cron: str
+    timezone: str
+    queue: str
+    kind: str
+    payload: dict[str, Any]
+    priority: int
+    max_attempts: int | None
+    paused: bool
+    next_fire_at: datetime
+    last_fired_at: datetime | None
+    created_at: datetime
+
+
+class ScheduleList(_Response, frozen=True):
+    schedules: list[Schedule]

@@ -35,6 +35,9 @@ _REAP = sql("job_reap_expired")
 _PROMOTE = sql("job_promote_due")
 _NEXT_DUE = sql("job_next_due_in")
 _READY_QUEUES = sql("job_ready_queues")
+_CANCEL = sql("job_cancel")
+_REPLAY_MANY = sql("job_replay_many")
+_DEAD_IDS = sql("job_dead_ids")
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,11 +45,13 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     payload: dict[str, Any]
     priority: int
-    max_attempts: int
+    max_attempts: int | None = None  # None: the tenant's retry policy, else the deployment default
     run_at: datetime | None = None
     delay_ms: int | None = None
     idempotency_key: str | None = None
     timeout_seconds: int | None = None
+    retry_base_ms: int | None = None
+    retry_cap_ms: int | None = None
 
 
 class Inserted(msgspec.Struct, frozen=True):
@@ -54,7 +59,9 @@ class Inserted(msgspec.Struct, frozen=True):
     created: bool
 
 
-async def job_insert_many(conn: Conn, tenant_id: str, jobs: Sequence[NewJob]) -> list[Inserted]:
+async def job_insert_many(
+    conn: Conn, tenant_id: str, jobs: Sequence[NewJob], *, default_max_attempts: int
+) -> list[Inserted]:
     """Insert jobs in order; an idempotency key seen before yields the first job, not a new one."""
     rows = await conn.fetch(
         _INSERT_MANY,
@@ -68,6 +75,9 @@ async def job_insert_many(conn: Conn, tenant_id: str, jobs: Sequence[NewJob]) ->
         [j.max_attempts for j in jobs],
         [j.idempotency_key for j in jobs],
         [j.timeout_seconds for j in jobs],
+        [j.retry_base_ms for j in jobs],
+        [j.retry_cap_ms for j in jobs],
+        default_max_attempts,
     )
     # Inserted rows come back in input order (ids follow it); rows with a key may be missing.
     by_key = {r["idempotency_key"]: job_from_row(r) for r in rows if r["idempotency_key"] is not None}
@@ -201,3 +211,18 @@ async def job_next_due_in(conn: Conn) -> float | None:
 
 async def job_ready_queues(conn: Conn) -> list[tuple[str, str]]:
     return [(r["tenant_id"], r["queue"]) for r in await conn.fetch(_READY_QUEUES)]
+
+
+async def job_cancel(conn: Conn, job_id: int, tenant_id: str) -> Outcome | None:
+    """Cancel or mark for cancellation; None when the tenant has no such job."""
+    row = await conn.fetchrow(_CANCEL, job_id, tenant_id)
+    return None if row is None else Outcome(job_from_row(row), row["changed"], row["lease_token"])
+
+
+async def job_replay_many(conn: Conn, job_ids: Sequence[int], tenant_id: str | None) -> dict[int, Outcome]:
+    """Send dead or cancelled jobs back to ready; others come back unchanged."""
+    return _outcomes(await conn.fetch(_REPLAY_MANY, list(job_ids), tenant_id))
+
+
+async def job_dead_ids(conn: Conn, tenant_id: str, queue: str | None, after_id: int, limit: int) -> list[int]:
+    return [r["id"] for r in await conn.fetch(_DEAD_IDS, tenant_id, queue, after_id, limit)]

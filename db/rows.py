@@ -30,6 +30,8 @@ def _job_fields(r: asyncpg.Record) -> dict[str, Any]:
         "idempotency_key": r["idempotency_key"],
         "timeout_seconds": r["timeout_seconds"],
         "cancel_requested": r["cancel_requested"],
+        "retry_base_ms": r["retry_base_ms"],
+        "retry_cap_ms": r["retry_cap_ms"],
     }
 
 

@@ -61,6 +61,16 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.orch_retry_policy(p_tenant text, p_queue text, OUT max_attempts integer, OUT retry_base_ms bigint, OUT retry_cap_ms bigint) RETURNS record
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT (array_agg(rp.max_attempts ORDER BY rp.queue = '') FILTER (WHERE rp.max_attempts IS NOT NULL))[1],
+           (array_agg(rp.retry_base_ms ORDER BY rp.queue = '') FILTER (WHERE rp.retry_base_ms IS NOT NULL))[1],
+           (array_agg(rp.retry_cap_ms ORDER BY rp.queue = '') FILTER (WHERE rp.retry_cap_ms IS NOT NULL))[1]
+      FROM retry_policies rp
+     WHERE rp.tenant_id = p_tenant AND rp.queue IN (p_queue, '')
+$$;
+
 CREATE TABLE public.alembic_version (
     version_num character varying(32) NOT NULL
 );
@@ -116,10 +126,14 @@ CREATE TABLE public.jobs (
     lease_expires_at timestamp with time zone,
     worker_id text,
     cancel_requested boolean DEFAULT false NOT NULL,
+    retry_base_ms bigint,
+    retry_cap_ms bigint,
     CONSTRAINT jobs_attempts_range CHECK (((attempts >= 0) AND (attempts <= max_attempts) AND (max_attempts >= 1))),
     CONSTRAINT jobs_finished_iff_terminal CHECK (((state = ANY (ARRAY['succeeded'::public.job_state, 'dead'::public.job_state, 'cancelled'::public.job_state])) = (finished_at IS NOT NULL))),
     CONSTRAINT jobs_lease_iff_running CHECK (((state = 'running'::public.job_state) = (lease_expires_at IS NOT NULL))),
     CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
+    CONSTRAINT jobs_retry_base_ms_check CHECK ((retry_base_ms >= 0)),
+    CONSTRAINT jobs_retry_cap_ms_check CHECK ((retry_cap_ms >= 0)),
     CONSTRAINT jobs_running_has_token CHECK (((state <> 'running'::public.job_state) OR (lease_token IS NOT NULL))),
     CONSTRAINT jobs_started_when_run CHECK (((state <> ALL (ARRAY['running'::public.job_state, 'succeeded'::public.job_state])) OR (started_at IS NOT NULL))),
     CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0))
@@ -145,6 +159,19 @@ CREATE TABLE public.request_nonces (
     key_id text NOT NULL,
     nonce text NOT NULL,
     seen_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE public.retry_policies (
+    tenant_id text NOT NULL,
+    queue text NOT NULL,
+    max_attempts integer,
+    retry_base_ms bigint,
+    retry_cap_ms bigint,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT retry_policies_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT retry_policies_queue_check CHECK (((queue = ''::text) OR (queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text))),
+    CONSTRAINT retry_policies_retry_base_ms_check CHECK ((retry_base_ms >= 0)),
+    CONSTRAINT retry_policies_retry_cap_ms_check CHECK ((retry_cap_ms >= 0))
 );
 
 CREATE TABLE public.tenants (
@@ -174,12 +201,17 @@ ALTER TABLE ONLY public.jobs
 ALTER TABLE ONLY public.request_nonces
     ADD CONSTRAINT request_nonces_pkey PRIMARY KEY (key_id, nonce);
 
+ALTER TABLE ONLY public.retry_policies
+    ADD CONSTRAINT retry_policies_pkey PRIMARY KEY (tenant_id, queue);
+
 ALTER TABLE ONLY public.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
 
 CREATE INDEX events_job ON public.events USING btree (job_id, id);
 
 CREATE INDEX events_tenant ON public.events USING btree (tenant_id, id);
+
+CREATE INDEX jobs_dead ON public.jobs USING btree (tenant_id, id) WHERE (state = 'dead'::public.job_state);
 
 CREATE UNIQUE INDEX jobs_idempotency ON public.jobs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
@@ -208,3 +240,6 @@ ALTER TABLE ONLY public.api_keys
 
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id);
+
+ALTER TABLE ONLY public.retry_policies
+    ADD CONSTRAINT retry_policies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;

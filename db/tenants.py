@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import msgspec
 
 from core.wire import Tenant
@@ -19,6 +20,9 @@ _KEY_GET = sql("api_key_get")
 _KEY_REVOKE = sql("api_key_revoke")
 _NONCE_INSERT = sql("request_nonce_insert")
 _NONCE_PRUNE = sql("request_nonce_prune")
+_POLICY_UPSERT = sql("retry_policy_upsert")
+_POLICY_GET = sql("retry_policy_get")
+_POLICY_DELETE = sql("retry_policy_delete")
 
 
 async def tenant_insert(conn: Conn, tenant_id: str, name: str, weight: int, max_inflight: int | None) -> Tenant | None:
@@ -81,3 +85,36 @@ async def request_nonce_insert(conn: Conn, key_id: str, nonce: str) -> bool:
 
 async def request_nonce_prune(conn: Conn, older_than_seconds: int) -> None:
     await conn.execute(_NONCE_PRUNE, older_than_seconds)
+
+
+class RetryPolicyRow(msgspec.Struct, frozen=True, kw_only=True):
+    queue: str
+    max_attempts: int | None
+    retry_base_ms: int | None
+    retry_cap_ms: int | None
+
+
+def _policy(r: asyncpg.Record) -> RetryPolicyRow:
+    return RetryPolicyRow(
+        queue=r["queue"],
+        max_attempts=r["max_attempts"],
+        retry_base_ms=r["retry_base_ms"],
+        retry_cap_ms=r["retry_cap_ms"],
+    )
+
+
+async def retry_policy_upsert(conn: Conn, tenant_id: str, policy: RetryPolicyRow) -> RetryPolicyRow:
+    row = await conn.fetchrow(
+        _POLICY_UPSERT, tenant_id, policy.queue, policy.max_attempts, policy.retry_base_ms, policy.retry_cap_ms
+    )
+    assert row is not None
+    return _policy(row)
+
+
+async def retry_policy_get(conn: Conn, tenant_id: str, queue: str) -> RetryPolicyRow | None:
+    row = await conn.fetchrow(_POLICY_GET, tenant_id, queue)
+    return None if row is None else _policy(row)
+
+
+async def retry_policy_delete(conn: Conn, tenant_id: str, queue: str) -> bool:
+    return await conn.fetchval(_POLICY_DELETE, tenant_id, queue) is not None

@@ -9,7 +9,7 @@ from litestar.params import FromPath, JSONBody
 
 import db
 from core import Conflict, NotFound, signing
-from core.wire import ApiKey, Reaped, Tenant, TenantCreate, TenantCreated, TenantList, TenantPatch
+from core.wire import ApiKey, Reaped, Replay, Replayed, Tenant, TenantCreate, TenantCreated, TenantList, TenantPatch
 
 from .auth import operator, runtime_of
 
@@ -87,3 +87,26 @@ class AdminController(Controller):
     @post("/reap", status_code=200, summary="Recover expired leases now")
     async def reap(self, request: Request[Any, Any, Any]) -> Reaped:
         return Reaped(requeued=await runtime_of(request).reap())
+
+    @post("/replay", status_code=200, summary="Replay many dead jobs of a tenant at once")
+    async def replay(self, request: Request[Any, Any, Any], data: JSONBody[Replay]) -> Replayed:
+        rt = runtime_of(request)
+        total = 0
+        async with rt.pool.acquire() as conn:
+            if data.ids is not None:
+                outcomes = await db.job_replay_many(conn, [int(i) for i in data.ids], data.tenant_id)
+                total = sum(1 for o in outcomes.values() if o.changed)
+            else:
+                after = 0
+                while total < data.limit:
+                    ids = await db.job_dead_ids(conn, data.tenant_id, data.queue, after, min(500, data.limit - total))
+                    if not ids:
+                        break
+                    # One transaction per page keeps locks short on a large dead-letter queue.
+                    async with conn.transaction():
+                        outcomes = await db.job_replay_many(conn, ids, data.tenant_id)
+                    total += sum(1 for o in outcomes.values() if o.changed)
+                    after = ids[-1]
+        if total:
+            rt.metrics.jobs_replayed.add(total, {"tenant": data.tenant_id})
+        return Replayed(replayed=total)

@@ -18,7 +18,7 @@ from core import Settings, load_settings
 
 from . import errors
 from .admin import AdminController
-from .jobs import JobsController
+from .jobs import JobsController, RetryPolicyController
 from .leasing import Leaser
 from .ops import healthz, metrics, readyz
 from .runtime import Runtime
@@ -86,7 +86,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[JobsController, WorkersController, AdminController, healthz, readyz, metrics],
+        route_handlers=[
+            JobsController,
+            RetryPolicyController,
+            WorkersController,
+            AdminController,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[lifespan],
         exception_handlers={Exception: errors.handle},
         request_max_body_size=cfg.max_body_bytes,

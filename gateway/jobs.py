@@ -6,19 +6,19 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 import db
-from core import InvalidInput, JobState, NotFound, Settings, is_terminal
-from core.wire import Job, JobBatch, JobBatchSubmit, JobList, JobSubmit
+from core import Conflict, InvalidInput, JobState, NotFound, is_terminal
+from core.wire import QUEUE_RE, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit, RetryPolicy, RetryPolicyOut
 
 from .auth import runtime_of, signed, tenant_of
 
 MAX_WAIT_MS = 60_000
 
 
-def new_job(s: JobSubmit, settings: Settings, field_prefix: str = "") -> db.NewJob:
+def new_job(s: JobSubmit, field_prefix: str = "") -> db.NewJob:
     if s.run_at is not None and s.delay_ms is not None:
         raise InvalidInput("give run_at or delay_ms, not both", field=f"{field_prefix}delay_ms")
     return db.NewJob(
@@ -26,17 +26,19 @@ def new_job(s: JobSubmit, settings: Settings, field_prefix: str = "") -> db.NewJ
         kind=s.kind,
         payload=s.payload,
         priority=s.priority,
-        max_attempts=s.max_attempts or settings.default_max_attempts,
+        max_attempts=s.max_attempts,
         run_at=s.run_at,
         delay_ms=s.delay_ms,
         idempotency_key=s.idempotency_key,
         timeout_seconds=s.timeout_seconds,
+        retry_base_ms=s.retry_base_ms,
+        retry_cap_ms=s.retry_cap_ms,
     )
 
 
 def parse_job_id(job_id: str) -> int:
     """Job ids are decimal strings; anything else names no job (404, as for another tenant's)."""
-    if not job_id.isdigit() or len(job_id) > 19 or int(job_id) > db.jobs.MAX_JOB_ID:
+    if not job_id.isdigit() or len(job_id) > 19 or int(job_id) > db.MAX_JOB_ID:
         raise NotFound("no such job")
     return int(job_id)
 
@@ -50,9 +52,11 @@ class JobsController(Controller):
     async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobSubmit]) -> Response[Job]:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
-        job = new_job(data, rt.settings)
+        job = new_job(data)
         async with rt.pool.acquire() as conn:
-            (inserted,) = await db.job_insert_many(conn, tenant_id, [job])
+            (inserted,) = await db.job_insert_many(
+                conn, tenant_id, [job], default_max_attempts=rt.settings.default_max_attempts
+            )
         if inserted.created:
             rt.metrics.jobs_submitted.add(1, {"tenant": tenant_id, "queue": job.queue})
         return Response(inserted.job, status_code=201 if inserted.created else 200)
@@ -61,9 +65,11 @@ class JobsController(Controller):
     async def submit_batch(self, request: Request[Any, Any, Any], data: JSONBody[JobBatchSubmit]) -> JobBatch:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
-        jobs = [new_job(s, rt.settings, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
+        jobs = [new_job(s, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
         async with rt.pool.acquire() as conn, conn.transaction():
-            inserted = await db.job_insert_many(conn, tenant_id, jobs)
+            inserted = await db.job_insert_many(
+                conn, tenant_id, jobs, default_max_attempts=rt.settings.default_max_attempts
+            )
         created = sum(1 for i in inserted if i.created)
         if created:
             rt.metrics.jobs_submitted.add(created, {"tenant": tenant_id, "queue": jobs[0].queue})
@@ -123,3 +129,96 @@ class JobsController(Controller):
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobList(jobs=jobs, next=jobs[-1].id if more else None)
+
+    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job (a running one at its next report)")
+    async def cancel(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
+        rt = runtime_of(request)
+        tenant_id = tenant_of(request)
+        async with rt.pool.acquire() as conn:
+            outcome = await db.job_cancel(conn, parse_job_id(job_id), tenant_id)
+        if outcome is None:
+            raise NotFound("no such job")
+        if not outcome.changed and outcome.job.state is not JobState.RUNNING:
+            raise Conflict(f"a {outcome.job.state} job cannot be cancelled")
+        if outcome.changed and outcome.job.state is JobState.CANCELLED:
+            rt.metrics.jobs_cancelled.add(1, {"tenant": tenant_id, "queue": outcome.job.queue})
+        return outcome.job
+
+    @post("/{job_id:str}/retry", status_code=200, summary="Replay a dead or cancelled job")
+    async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
+        rt = runtime_of(request)
+        tenant_id = tenant_of(request)
+        jid = parse_job_id(job_id)
+        async with rt.pool.acquire() as conn:
+            outcome = (await db.job_replay_many(conn, [jid], tenant_id)).get(jid)
+        if outcome is None:
+            raise NotFound("no such job")
+        if not outcome.changed:
+            raise Conflict(f"a {outcome.job.state} job cannot be replayed: only dead or cancelled ones")
+        rt.metrics.jobs_replayed.add(1, {"tenant": tenant_id, "queue": outcome.job.queue})
+        return outcome.job
+
+
+TENANT_WIDE = ""
+
+
+def _policy_out(p: db.RetryPolicyRow) -> RetryPolicyOut:
+    return RetryPolicyOut(
+        queue=p.queue or None, max_attempts=p.max_attempts, retry_base_ms=p.retry_base_ms, retry_cap_ms=p.retry_cap_ms
+    )
+
+
+def _queue_name(queue: str) -> str:
+    if not QUEUE_RE.match(queue):
+        raise NotFound(f"no queue {queue!r}")
+    return queue
+
+
+class RetryPolicyController(Controller):
+    """Retry policies: the tenant-wide one at /v1/retry-policy, a queue's at /v1/queues/{queue}/retry-policy."""
+
+    path = "/v1"
+    guards = [signed]
+    tags = ["retry policies"]
+
+    async def _put(self, request: Request[Any, Any, Any], queue: str, data: RetryPolicy) -> RetryPolicyOut:
+        row = db.RetryPolicyRow(
+            queue=queue,
+            max_attempts=data.max_attempts,
+            retry_base_ms=data.retry_base_ms,
+            retry_cap_ms=data.retry_cap_ms,
+        )
+        async with runtime_of(request).pool.acquire() as conn:
+            return _policy_out(await db.retry_policy_upsert(conn, tenant_of(request), row))
+
+    async def _get(self, request: Request[Any, Any, Any], queue: str) -> RetryPolicyOut:
+        async with runtime_of(request).pool.acquire() as conn:
+            row = await db.retry_policy_get(conn, tenant_of(request), queue)
+        if row is None:
+            return RetryPolicyOut(queue=queue or None)
+        return _policy_out(row)
+
+    @put("/retry-policy", summary="Set the tenant-wide retry policy")
+    async def put_tenant(self, request: Request[Any, Any, Any], data: JSONBody[RetryPolicy]) -> RetryPolicyOut:
+        return await self._put(request, TENANT_WIDE, data)
+
+    @get("/retry-policy", summary="The tenant-wide retry policy")
+    async def get_tenant(self, request: Request[Any, Any, Any]) -> RetryPolicyOut:
+        return await self._get(request, TENANT_WIDE)
+
+    @put("/queues/{queue:str}/retry-policy", summary="Set a queue's retry policy")
+    async def put_queue(
+        self, request: Request[Any, Any, Any], queue: FromPath[str], data: JSONBody[RetryPolicy]
+    ) -> RetryPolicyOut:
+        return await self._put(request, _queue_name(queue), data)
+
+    @get("/queues/{queue:str}/retry-policy", summary="A queue's retry policy")
+    async def get_queue(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> RetryPolicyOut:
+        return await self._get(request, _queue_name(queue))
+
+    @delete("/queues/{queue:str}/retry-policy", status_code=204, summary="Drop a queue's retry policy")
+    async def delete_queue(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> Response[None]:
+        async with runtime_of(request).pool.acquire() as conn:
+            if not await db.retry_policy_delete(conn, tenant_of(request), _queue_name(queue)):
+                raise NotFound(f"queue {queue} has no retry policy")
+        return Response(None, status_code=204)

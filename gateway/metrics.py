@@ -54,6 +54,7 @@ class Metrics:
         self.jobs_failed = m.create_counter("orch_jobs_failed", description="Failures that scheduled a retry")
         self.jobs_dead = m.create_counter("orch_jobs_dead", description="Jobs that ended dead")
         self.jobs_cancelled = m.create_counter("orch_jobs_cancelled", description="Jobs cancelled")
+        self.jobs_replayed = m.create_counter("orch_jobs_replayed", description="Dead or cancelled jobs replayed")
         self.jobs_reaped = m.create_counter("orch_jobs_reaped", description="Expired leases recovered")
         self.jobs_promoted = m.create_counter("orch_jobs_promoted", description="Scheduled jobs made ready")
         self.lease_requests = m.create_counter("orch_lease_requests", description="Lease requests by outcome")

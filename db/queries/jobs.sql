@@ -1,20 +1,23 @@
 -- name: job_insert_many
--- Inserts a batch for one tenant in input order; rows whose idempotency key exists are skipped
+-- Inserts a batch for one tenant in input order; max_attempts falls back to the tenant's retry
+-- policy, then to the deployment default ($13); rows whose idempotency key exists are skipped
 -- (the caller looks those up). Each inserted job writes its job.created event.
 WITH input AS (
     SELECT *
       FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::int[], $6::bigint[], $7::timestamptz[],
-                  $8::int[], $9::text[], $10::int[]) WITH ORDINALITY
+                  $8::int[], $9::text[], $10::int[], $11::bigint[], $12::bigint[]) WITH ORDINALITY
            AS i(queue, kind, payload, priority, delay_ms, run_at, max_attempts, idempotency_key,
-                timeout_seconds, ord)
+                timeout_seconds, retry_base_ms, retry_cap_ms, ord)
 ), ins AS (
     INSERT INTO jobs (tenant_id, queue, kind, payload, priority, state, max_attempts, run_at,
-                      idempotency_key, timeout_seconds)
+                      idempotency_key, timeout_seconds, retry_base_ms, retry_cap_ms)
     SELECT $1, i.queue, i.kind, i.payload, i.priority,
            CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'ready' END::job_state,
-           i.max_attempts, t.run_at, i.idempotency_key, i.timeout_seconds
+           coalesce(i.max_attempts, p.max_attempts, $13), t.run_at, i.idempotency_key, i.timeout_seconds,
+           i.retry_base_ms, i.retry_cap_ms
       FROM input i
       CROSS JOIN LATERAL (SELECT coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond') AS run_at) t
+      CROSS JOIN LATERAL orch_retry_policy($1, i.queue) p
      ORDER BY i.ord
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -126,7 +129,8 @@ SELECT false AS changed, j.* FROM jobs j
    AND ($4::text IS NULL OR j.tenant_id = $4);
 
 -- name: job_fail_many
--- A failure retries after the backoff (or the worker's retry_in_ms), or ends the job: dead when
+-- A failure retries after the backoff (or the worker's retry_in_ms; the job's own backoff, then its
+-- tenant's policy, then the deployment default $7/$8), or ends the job: dead when
 -- attempts are used up or it is not retryable, cancelled when cancellation was requested.
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[], $6::float8[])
@@ -136,9 +140,12 @@ WITH input AS (
            CASE WHEN j.cancel_requested THEN 'cancelled'
                 WHEN i.retryable AND j.attempts < j.max_attempts THEN 'scheduled'
                 ELSE 'dead' END::job_state AS new_state,
-           now() + coalesce(i.retry_in_ms, orch_backoff_ms(j.attempts, $7, $8, i.jitter))
+           now() + coalesce(i.retry_in_ms,
+                            orch_backoff_ms(j.attempts, coalesce(j.retry_base_ms, p.retry_base_ms, $7),
+                                            coalesce(j.retry_cap_ms, p.retry_cap_ms, $8), i.jitter))
                    * interval '1 millisecond' AS retry_at
       FROM jobs j JOIN input i ON i.id = j.id
+      CROSS JOIN LATERAL orch_retry_policy(j.tenant_id, j.queue) p
      WHERE j.lease_token = i.token AND j.state = 'running' AND ($9::text IS NULL OR j.tenant_id = $9)
        FOR UPDATE OF j
 ), upd AS (
@@ -170,7 +177,7 @@ SELECT false AS changed, j.* FROM jobs j
 -- Expired leases lose their token (the stale worker is fenced out) and retry, or end.
 -- SKIP LOCKED makes every gateway's reaper safe to run at once.
 WITH expired AS (
-    SELECT id FROM jobs
+    SELECT id, tenant_id, queue FROM jobs
      WHERE state = 'running' AND lease_expires_at < now()
      ORDER BY lease_expires_at
      LIMIT $1
@@ -180,12 +187,15 @@ WITH expired AS (
        SET state = CASE WHEN j.cancel_requested THEN 'cancelled'
                         WHEN j.attempts < j.max_attempts THEN 'scheduled'
                         ELSE 'dead' END::job_state,
-           run_at = now() + orch_backoff_ms(j.attempts, $2, $3, random()) * interval '1 millisecond',
+           run_at = now() + orch_backoff_ms(j.attempts, coalesce(j.retry_base_ms, p.retry_base_ms, $2),
+                                            coalesce(j.retry_cap_ms, p.retry_cap_ms, $3), random())
+                            * interval '1 millisecond',
            finished_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts THEN now() END,
            last_error = 'lease expired',
            lease_expires_at = NULL,
            lease_token = NULL
       FROM expired e
+      CROSS JOIN LATERAL orch_retry_policy(e.tenant_id, e.queue) p
      WHERE j.id = e.id
     RETURNING j.*
 ), ev AS (
@@ -219,3 +229,49 @@ SELECT extract(epoch FROM min(run_at) - now())::float8 FROM jobs WHERE state = '
 -- name: job_ready_queues
 -- Which (tenant, queue) pairs hold ready jobs: the catch-up after a lost notification.
 SELECT DISTINCT tenant_id, queue FROM jobs WHERE state = 'ready';
+
+-- name: job_cancel
+-- A scheduled or ready job is cancelled at once; a running one is marked, and ends cancelled when
+-- its worker fails it or its lease expires. Terminal jobs are left alone (the caller answers 409).
+WITH upd AS (
+    UPDATE jobs
+       SET state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END::job_state,
+           finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
+           cancel_requested = (state = 'running')
+     WHERE id = $1 AND tenant_id = $2 AND state IN ('scheduled', 'ready', 'running')
+    RETURNING *
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue, 'job.cancelled', jsonb_build_object('reason', 'requested')
+      FROM upd WHERE state = 'cancelled'
+)
+SELECT true AS changed, u.* FROM upd u
+UNION ALL
+SELECT false AS changed, j.* FROM jobs j
+ WHERE j.id = $1 AND j.tenant_id = $2 AND NOT EXISTS (SELECT 1 FROM upd);
+
+-- name: job_replay_many
+-- Dead or cancelled jobs go back to ready with their attempts reset. $1 names the jobs; $2 scopes
+-- them to a tenant (NULL for the operator).
+WITH upd AS (
+    UPDATE jobs
+       SET state = 'ready', attempts = 0, run_at = now(), finished_at = NULL, result = NULL,
+           cancel_requested = false, lease_token = NULL, worker_id = NULL
+     WHERE id = ANY($1::bigint[]) AND ($2::text IS NULL OR tenant_id = $2) AND state IN ('dead', 'cancelled')
+    RETURNING *
+), ev AS (
+    INSERT INTO events (tenant_id, job_id, queue, type, data)
+    SELECT tenant_id, id, queue, 'job.replayed', jsonb_build_object('last_error', left(last_error, 2000))
+      FROM upd ORDER BY id
+)
+SELECT true AS changed, u.* FROM upd u
+UNION ALL
+SELECT false AS changed, j.* FROM jobs j
+ WHERE j.id = ANY($1::bigint[]) AND ($2::text IS NULL OR j.tenant_id = $2) AND j.id NOT IN (SELECT id FROM upd);
+
+-- name: job_dead_ids
+-- A page of a tenant's dead-letter queue, oldest first, for bulk replay.
+SELECT id FROM jobs
+ WHERE tenant_id = $1 AND state = 'dead' AND ($2::text IS NULL OR queue = $2) AND id > $3
+ ORDER BY id
+ LIMIT $4;

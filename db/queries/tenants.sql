@@ -18,3 +18,17 @@ UPDATE tenants
        disabled = coalesce($6, disabled)
  WHERE id = $1
 RETURNING *;
+
+-- name: retry_policy_upsert
+INSERT INTO retry_policies (tenant_id, queue, max_attempts, retry_base_ms, retry_cap_ms)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (tenant_id, queue) DO UPDATE
+   SET max_attempts = excluded.max_attempts, retry_base_ms = excluded.retry_base_ms,
+       retry_cap_ms = excluded.retry_cap_ms, updated_at = now()
+RETURNING *;
+
+-- name: retry_policy_get
+SELECT * FROM retry_policies WHERE tenant_id = $1 AND queue = $2;
+
+-- name: retry_policy_delete
+DELETE FROM retry_policies WHERE tenant_id = $1 AND queue = $2 RETURNING queue;
