@@ -75,7 +75,7 @@ async def test_cancelled_running_job_whose_lease_expires_is_cancelled(api: Api, 
     await api.signed(key, "POST", f"/v1/jobs/{job['id']}/cancel")
 
     async def cancelled() -> bool:
-        return (await api.signed(key, "GET", f"/v1/jobs/{job['id']}")).body["state"] == "cancelled"
+        return bool((await api.signed(key, "GET", f"/v1/jobs/{job['id']}")).body["state"] == "cancelled")
 
     await eventually(cancelled, timeout=10)
     assert await _event_types(database_url, job["id"]) == ["job.created", "job.started", "job.cancelled"]
@@ -200,7 +200,9 @@ async def test_retry_policy_per_tenant_queue_and_job(api: Api, database_url: str
     # a job's own backoff base (1 ms) wins over its queue's (10 minutes)
     for _ in range(2):
         (leased,) = await _lease(api, key, queues=["slow"])
-        r = await api.signed(key, "POST", f"/v1/jobs/{leased['id']}/fail", {"lease_token": leased["lease_token"], "error": "x"})
+        r = await api.signed(
+            key, "POST", f"/v1/jobs/{leased['id']}/fail", {"lease_token": leased["lease_token"], "error": "x"}
+        )
         assert r.body["state"] == "scheduled"
         if leased["id"] == own["id"]:
             assert _ts(r.body["run_at"]) - time.time() < 1

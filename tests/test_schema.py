@@ -54,3 +54,21 @@ async def test_database_enforces_the_state_machine(database_url: str) -> None:
             await conn.execute("INSERT INTO jobs (tenant_id, queue, state, max_attempts) VALUES ('t', 'q', 'lost', 1)")
     finally:
         await conn.close()
+
+
+async def test_sql_backoff_matches_the_core_policy(database_url: str) -> None:
+    from core import backoff_ms
+
+    cases = [
+        (a, base, cap, j)
+        for a in (1, 2, 3, 7, 40, 200)
+        for base, cap in ((100, 10_000), (1000, 3_600_000))
+        for j in (0.0, 0.25, 0.999)
+    ]
+    conn = await db.connect(database_url)
+    try:
+        for attempt, base, cap, jitter in cases:
+            got = await conn.fetchval("SELECT orch_backoff_ms($1, $2, $3, $4)", attempt, base, cap, jitter)
+            assert got == backoff_ms(attempt, base, cap, jitter), (attempt, base, cap, jitter)
+    finally:
+        await conn.close()

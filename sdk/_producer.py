@@ -1,0 +1,129 @@
+"""The tenant side of the API: submit jobs, read them, wait for them."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+import msgspec
+
+from core.states import is_terminal
+from core.wire import Job, JobBatch, JobBatchSubmit, JobList, JobSubmit
+
+from ._backoff import backoff_s
+from ._errors import SdkError, is_transient
+from ._http import DEFAULT_TIMEOUT_S, Transport, body_of, job_path
+
+_job = msgspec.json.Decoder(Job)
+_batch = msgspec.json.Decoder(JobBatch)
+_list = msgspec.json.Decoder(JobList)
+
+MAX_WAIT_MS = 60_000  # the server's limit for one long-polling get
+
+
+class ProducerClient:
+    """Submits and reads the jobs of the tenant that owns `api_key`."""
+
+    def __init__(self, url: str, *, api_key: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self._http = Transport(url, api_key, timeout=timeout)
+
+    async def submit(
+        self,
+        payload: dict[str, Any],
+        *,
+        queue: str = "default",
+        kind: str = "",
+        priority: int = 0,
+        run_at: datetime | None = None,
+        delay_ms: int | None = None,
+        max_attempts: int | None = None,
+        idempotency_key: str | None = None,
+        timeout_seconds: int | None = None,
+        retry_base_ms: int | None = None,
+        retry_cap_ms: int | None = None,
+    ) -> Job:
+        """Submit one job. With an `idempotency_key` already used, the job first created is
+        returned and nothing new is created, which makes a submit safe to retry."""
+        job = JobSubmit(
+            payload=payload,
+            queue=queue,
+            kind=kind,
+            priority=priority,
+            run_at=run_at,
+            delay_ms=delay_ms,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            timeout_seconds=timeout_seconds,
+            retry_base_ms=retry_base_ms,
+            retry_cap_ms=retry_cap_ms,
+        )
+        return await self._http.request("POST", "/v1/jobs", _job, body=body_of(job))
+
+    async def submit_many(self, jobs: Sequence[JobSubmit]) -> builtins.list[Job]:
+        """Submit up to 1000 jobs in one transaction, all or nothing; answers in the same order."""
+        body = body_of(JobBatchSubmit(jobs=builtins.list(jobs)))
+        return (await self._http.request("POST", "/v1/jobs/batch", _batch, body=body)).jobs
+
+    async def get(self, job_id: str, wait_ms: int = 0) -> Job:
+        """The job; with `wait_ms`, answered as soon as it is terminal or after `wait_ms`."""
+        query = {"wait_ms": wait_ms} if wait_ms else None
+        return await self._http.request(
+            "GET", job_path(job_id), _job, query=query, timeout=wait_ms / 1000 + self._http.timeout
+        )
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a scheduled or ready job at once; a running one is marked and ends cancelled
+        when its worker gives up. Raises Conflict for a job that already ended."""
+        return await self._http.request("POST", job_path(job_id) + "/cancel", _job)
+
+    async def retry(self, job_id: str) -> Job:
+        """Replay a dead or cancelled job from its first attempt."""
+        return await self._http.request("POST", job_path(job_id) + "/retry", _job)
+
+    async def wait(self, job_id: str, timeout_s: float = 60) -> Job:
+        """Wait until the job is terminal (`succeeded`, `dead`, `cancelled`) and return it; after
+        `timeout_s`, return it in whatever state it is in. Transient errors are retried."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        failures = 0
+        job: Job | None = None
+        while True:
+            wait_ms = int(max(0.0, min(deadline - loop.time(), MAX_WAIT_MS / 1000)) * 1000)
+            try:
+                job = await self.get(job_id, wait_ms=wait_ms)
+            except SdkError as exc:
+                left = deadline - loop.time()
+                if not is_transient(exc):
+                    raise
+                if left <= 0:
+                    if job is None:
+                        raise
+                    return job
+                failures += 1
+                await asyncio.sleep(min(backoff_s(failures, exc), left))
+                continue
+            failures = 0
+            if is_terminal(job.state) or loop.time() >= deadline:
+                return job
+
+    async def list(
+        self, state: str | None = None, queue: str | None = None, limit: int = 100, after: str | None = None
+    ) -> JobList:
+        """One page of the tenant's jobs, newest first; pass `next` back as `after` for the next."""
+        query = {"state": state, "queue": queue, "limit": limit, "after": after}
+        return await self._http.request("GET", "/v1/jobs", _list, query=query)
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
