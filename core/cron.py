@@ -156,7 +156,7 @@ def _parse(text: str) -> CronSpec:
         dow_star=dow.startswith("*"),
     )
     if _next_naive(spec, datetime(2000, 1, 1)) is None:
-        raise ValueError(f"{spec.expr!r} never fires: no month has that day-of-month")
+        raise ValueError("never fires: none of its months has any of its days of the month")
     return spec
 
 
@@ -168,8 +168,9 @@ def _known_zones() -> frozenset[str]:
 def parse_timezone(name: str) -> ZoneInfo:
     """An IANA time zone by name; ValueError for anything else."""
     known = _known_zones()
-    # Without a zone list (no tzdata found) fall back to whatever ZoneInfo can load.
-    if known and name not in known:
+    # Without a zone list (no tzdata found) fall back to whatever ZoneInfo can load;
+    # "localtime", listed on some hosts, is the host's own zone, not an IANA name.
+    if (known and name not in known) or name == "localtime":
         raise ValueError(f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'")
     try:
         return ZoneInfo(name)

@@ -29,6 +29,20 @@ from .jobs import (
 from .migrate import current_revision, downgrade, head_revision, schema_status, upgrade
 from .misc import CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_PROBE, notify_probe, ping
 from .pool import connect, create_pool
+from .schedules import (
+    FireBatch,
+    Fired,
+    ScheduleValues,
+    schedule_clock,
+    schedule_delete,
+    schedule_fire_due,
+    schedule_fire_prune,
+    schedule_get,
+    schedule_insert,
+    schedule_list,
+    schedule_next_due_in,
+    schedule_update,
+)
 from .schema_dump import SCHEMA_FILE, dump_schema
 from .tenants import (
     KeyRecord,
@@ -56,11 +70,14 @@ __all__ = [
     "Conn",
     "EmbeddedPostgres",
     "FailItem",
+    "FireBatch",
+    "Fired",
     "Inserted",
     "KeyRecord",
     "NewJob",
     "Outcome",
     "RetryPolicyRow",
+    "ScheduleValues",
     "api_key_get",
     "api_key_insert",
     "api_key_revoke",
@@ -94,6 +111,15 @@ __all__ = [
     "retry_policy_delete",
     "retry_policy_get",
     "retry_policy_upsert",
+    "schedule_clock",
+    "schedule_delete",
+    "schedule_fire_due",
+    "schedule_fire_prune",
+    "schedule_get",
+    "schedule_insert",
+    "schedule_list",
+    "schedule_next_due_in",
+    "schedule_update",
     "schema_status",
     "tenant_get",
     "tenant_inflight_room",

@@ -22,6 +22,7 @@ from .jobs import JobsController, RetryPolicyController
 from .leasing import Leaser
 from .ops import healthz, metrics, readyz
 from .runtime import Runtime
+from .schedules import SchedulesController
 from .workers import WorkersController
 
 log = logging.getLogger("orchestrator.gateway")
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             JobsController,
             RetryPolicyController,
+            SchedulesController,
             WorkersController,
             AdminController,
             healthz,

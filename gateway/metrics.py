@@ -57,6 +57,7 @@ class Metrics:
         self.jobs_replayed = m.create_counter("orch_jobs_replayed", description="Dead or cancelled jobs replayed")
         self.jobs_reaped = m.create_counter("orch_jobs_reaped", description="Expired leases recovered")
         self.jobs_promoted = m.create_counter("orch_jobs_promoted", description="Scheduled jobs made ready")
+        self.schedule_fires = m.create_counter("orch_schedule_fires", description="Jobs created by cron schedules")
         self.lease_requests = m.create_counter("orch_lease_requests", description="Lease requests by outcome")
         self.auth_failures = m.create_counter("orch_auth_failures", description="Refused credentials by reason")
         self.fencing_rejections = m.create_counter("orch_fencing_rejections", description="Stale lease tokens refused")

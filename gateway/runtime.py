@@ -58,6 +58,9 @@ class Runtime:
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._prune_loop(), name="nonce-pruner"),
         ]
+        from .schedules import run_schedules  # here, not at the top: schedules -> auth -> runtime
+
+        self._tasks.append(asyncio.create_task(run_schedules(self), name="scheduler"))
 
     async def stop(self) -> None:
         for t in self._tasks:
