@@ -78,8 +78,12 @@ class CronSpec:
         return dom or dow
 
 
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # not "²" or "٣", which str.isdigit accepts
+
+
 def _value(text: str, field: _Field) -> int:
-    if text.isdigit():
+    if _is_number(text):
         n = int(text)
     elif field.names is not None and text.upper() in field.names:
         return field.names[text.upper()]
@@ -102,7 +106,7 @@ def _field(text: str, field: _Field) -> set[int]:
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not _is_number(step_text) or int(step_text) == 0:
                 raise ValueError(f"{field.name}: step must be a positive integer, got {step_text!r} in {item!r}")
             step = int(step_text)
         if base == "*":

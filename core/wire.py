@@ -175,6 +175,16 @@ class RetryPolicyOut(_Response, frozen=True):
     retry_cap_ms: int | None = None
 
 
+class QueueState(_Response, frozen=True):
+    tenant_id: str
+    queue: str
+    paused: bool
+
+
+class PausedQueues(_Response, frozen=True):
+    queues: list[str]
+
+
 class Replay(_Request, frozen=True):
     """Operator bulk replay: the named jobs, or a tenant's dead-letter queue (optionally one queue)."""
 

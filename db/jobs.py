@@ -24,10 +24,19 @@ _BY_KEYS = sql("job_get_by_idempotency_keys")
 _GET = sql("job_get")
 _LIST = sql("job_list")
 _LIST_BY_STATE = sql("job_list_by_state")
-_LEASE_CANDIDATES = sql("tenant_lease_candidates")
+_PICK = sql("tenant_pick")
+_RUNNABLE_LOCK = sql("runnable_queue_lock")
+_RUNNABLE_FORGET = sql("runnable_queue_forget")
+_QUEUE_PAUSE = sql("queue_pause")
+_QUEUE_RESUME = sql("queue_resume")
+_QUEUE_PAUSED = sql("queue_paused_list")
 _INFLIGHT_LOCK = sql("tenant_inflight_lock")
 _INFLIGHT_ROOM = sql("tenant_inflight_room")
 _LEASE = sql("job_lease")
+# The starvation guard: the same statement taking the oldest ready jobs whatever their priority.
+_LEASE_ORDER = "ORDER BY priority DESC, id /* lease order */"
+assert _LEASE.count(_LEASE_ORDER) == 2
+_LEASE_FIFO = _LEASE.replace(_LEASE_ORDER, "ORDER BY id")
 _HEARTBEAT = sql("job_heartbeat")
 _COMPLETE_MANY = sql("job_complete_many")
 _FAIL_MANY = sql("job_fail_many")
@@ -117,11 +126,37 @@ async def job_list(
     return [job_from_row(r) for r in rows]
 
 
-async def tenant_lease_candidates(
-    conn: Conn, after_tenant: str, queues: Sequence[str], limit: int
-) -> list[tuple[str, int | None]]:
-    rows = await conn.fetch(_LEASE_CANDIDATES, after_tenant, list(queues), limit)
-    return [(r["id"], r["max_inflight"]) for r in rows]
+class Candidate(msgspec.Struct, frozen=True):
+    tenant_id: str
+    max_inflight: int | None
+    vpass: float
+
+
+async def tenant_pick(conn: Conn, queues: Sequence[str], limit: int) -> list[Candidate]:
+    """Tenants to lease from for a shared worker, least served (by weight) first."""
+    rows = await conn.fetch(_PICK, list(queues), limit)
+    return [Candidate(r["id"], r["max_inflight"], r["vpass"]) for r in rows]
+
+
+async def runnable_queue_forget(conn: Conn, tenant_id: str, queues: Sequence[str]) -> None:
+    """Forget the tenant's pairs that hold no ready job. Opens its own transaction: the delete
+    must see what committed before the locks were granted."""
+    async with conn.transaction():
+        locked = [r["q"] for r in await conn.fetch(_RUNNABLE_LOCK, tenant_id, list(queues))]
+        if locked:
+            await conn.execute(_RUNNABLE_FORGET, tenant_id, locked)
+
+
+async def queue_pause(conn: Conn, tenant_id: str, queue: str) -> None:
+    await conn.execute(_QUEUE_PAUSE, tenant_id, queue)
+
+
+async def queue_resume(conn: Conn, tenant_id: str, queue: str) -> None:
+    await conn.execute(_QUEUE_RESUME, tenant_id, queue)
+
+
+async def queue_paused_list(conn: Conn, tenant_id: str) -> list[str]:
+    return [r["queue"] for r in await conn.fetch(_QUEUE_PAUSED, tenant_id)]
 
 
 async def tenant_inflight_room(conn: Conn, tenant_id: str) -> int:
@@ -132,9 +167,20 @@ async def tenant_inflight_room(conn: Conn, tenant_id: str) -> int:
 
 
 async def job_lease(
-    conn: Conn, tenant_id: str, queues: Sequence[str], limit: int, lease_seconds: int, worker_id: str
+    conn: Conn,
+    tenant_id: str,
+    queues: Sequence[str],
+    limit: int,
+    lease_seconds: int,
+    worker_id: str,
+    *,
+    pass_floor: float | None = None,
+    fifo: bool = False,
 ) -> list[LeasedJob]:
-    rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id)
+    """Lease up to `limit` ready jobs. `pass_floor` (shared leases) advances the tenant's fair-share
+    pass; `fifo` takes the oldest jobs whatever their priority."""
+    statement = _LEASE_FIFO if fifo else _LEASE
+    rows = await conn.fetch(statement, tenant_id, list(queues), limit, lease_seconds, worker_id, pass_floor)
     return [leased_job_from_row(r) for r in rows]
 
 

@@ -53,6 +53,14 @@ BEGIN
     IF groups = 0 AND next_run IS NULL THEN
         RETURN NULL;
     END IF;
+    IF groups > 0 THEN
+        -- Held shared until commit: forgetting a pair takes it exclusively, so it waits for us.
+        PERFORM pg_advisory_xact_lock_shared(orch_queue_lock_key(tenant_id, queue))
+           FROM (SELECT DISTINCT tenant_id, queue FROM new_rows WHERE state = 'ready') d;
+        INSERT INTO runnable_queues (tenant_id, queue)
+        SELECT DISTINCT tenant_id, queue FROM new_rows WHERE state = 'ready'
+        ON CONFLICT DO NOTHING;
+    END IF;
     IF groups > 32 THEN
         ready := json_build_array(json_build_array('*', '*', total));
     END IF;
@@ -60,6 +68,10 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+CREATE FUNCTION public.orch_queue_lock_key(p_tenant text, p_queue text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT hashtextextended('orch.runnable:' || p_tenant || '/' || p_queue, 0) $$;
 
 CREATE FUNCTION public.orch_retry_policy(p_tenant text, p_queue text, OUT max_attempts integer, OUT retry_base_ms bigint, OUT retry_cap_ms bigint) RETURNS record
     LANGUAGE sql STABLE PARALLEL SAFE
@@ -155,6 +167,13 @@ CREATE SEQUENCE public.lease_token_seq
     NO MAXVALUE
     CACHE 1;
 
+CREATE TABLE public.queue_pauses (
+    tenant_id text NOT NULL,
+    queue text NOT NULL,
+    paused_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT queue_pauses_queue_check CHECK ((queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text))
+);
+
 CREATE TABLE public.request_nonces (
     key_id text NOT NULL,
     nonce text NOT NULL,
@@ -174,6 +193,46 @@ CREATE TABLE public.retry_policies (
     CONSTRAINT retry_policies_retry_cap_ms_check CHECK ((retry_cap_ms >= 0))
 );
 
+CREATE TABLE public.runnable_queues (
+    tenant_id text NOT NULL,
+    queue text NOT NULL
+);
+
+CREATE TABLE public.schedule_fires (
+    schedule_id bigint NOT NULL,
+    fire_at timestamp with time zone NOT NULL,
+    job_id bigint
+);
+
+CREATE TABLE public.schedules (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    name text NOT NULL,
+    cron text NOT NULL,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    queue text NOT NULL,
+    kind text DEFAULT ''::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    max_attempts integer,
+    paused boolean DEFAULT false NOT NULL,
+    next_fire_at timestamp with time zone NOT NULL,
+    last_fired_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT schedules_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT schedules_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
+    CONSTRAINT schedules_queue_check CHECK ((queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text))
+);
+
+ALTER TABLE public.schedules ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.schedules_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.tenants (
     id text NOT NULL,
     name text DEFAULT ''::text NOT NULL,
@@ -181,6 +240,7 @@ CREATE TABLE public.tenants (
     max_inflight integer,
     disabled boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    vpass double precision DEFAULT 0 NOT NULL,
     CONSTRAINT tenants_id_check CHECK ((id ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
     CONSTRAINT tenants_max_inflight_check CHECK ((max_inflight >= 0)),
     CONSTRAINT tenants_weight_check CHECK (((weight >= 1) AND (weight <= 10000)))
@@ -198,11 +258,26 @@ ALTER TABLE ONLY public.events
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.queue_pauses
+    ADD CONSTRAINT queue_pauses_pkey PRIMARY KEY (tenant_id, queue);
+
 ALTER TABLE ONLY public.request_nonces
     ADD CONSTRAINT request_nonces_pkey PRIMARY KEY (key_id, nonce);
 
 ALTER TABLE ONLY public.retry_policies
     ADD CONSTRAINT retry_policies_pkey PRIMARY KEY (tenant_id, queue);
+
+ALTER TABLE ONLY public.runnable_queues
+    ADD CONSTRAINT runnable_queues_pkey PRIMARY KEY (tenant_id, queue);
+
+ALTER TABLE ONLY public.schedule_fires
+    ADD CONSTRAINT schedule_fires_pkey PRIMARY KEY (schedule_id, fire_at);
+
+ALTER TABLE ONLY public.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.schedules
+    ADD CONSTRAINT schedules_tenant_name UNIQUE (tenant_id, name);
 
 ALTER TABLE ONLY public.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
@@ -217,6 +292,8 @@ CREATE UNIQUE INDEX jobs_idempotency ON public.jobs USING btree (tenant_id, idem
 
 CREATE INDEX jobs_ready ON public.jobs USING btree (tenant_id, queue, priority DESC, id) WHERE (state = 'ready'::public.job_state);
 
+CREATE INDEX jobs_ready_fifo ON public.jobs USING btree (tenant_id, queue, id) WHERE (state = 'ready'::public.job_state);
+
 CREATE INDEX jobs_running_expiry ON public.jobs USING btree (lease_expires_at) WHERE (state = 'running'::public.job_state);
 
 CREATE INDEX jobs_running_tenant ON public.jobs USING btree (tenant_id) WHERE (state = 'running'::public.job_state);
@@ -228,6 +305,8 @@ CREATE INDEX jobs_tenant_recent ON public.jobs USING btree (tenant_id, id DESC);
 CREATE INDEX jobs_tenant_state_recent ON public.jobs USING btree (tenant_id, state, id DESC);
 
 CREATE INDEX request_nonces_seen_at ON public.request_nonces USING btree (seen_at);
+
+CREATE INDEX schedules_due ON public.schedules USING btree (next_fire_at) WHERE (NOT paused);
 
 CREATE TRIGGER events_notify AFTER INSERT ON public.events REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.orch_events_notify();
 
@@ -241,5 +320,17 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id);
 
+ALTER TABLE ONLY public.queue_pauses
+    ADD CONSTRAINT queue_pauses_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.retry_policies
     ADD CONSTRAINT retry_policies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.runnable_queues
+    ADD CONSTRAINT runnable_queues_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.schedule_fires
+    ADD CONSTRAINT schedule_fires_schedule_id_fkey FOREIGN KEY (schedule_id) REFERENCES public.schedules(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.schedules
+    ADD CONSTRAINT schedules_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;

@@ -21,6 +21,7 @@ from .admin import AdminController
 from .jobs import JobsController, RetryPolicyController
 from .leasing import Leaser
 from .ops import healthz, metrics, readyz
+from .queues import AdminQueuesController, QueuesController
 from .runtime import Runtime
 from .schedules import SchedulesController
 from .workers import WorkersController
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SchedulesController,
             WorkersController,
             AdminController,
+            QueuesController,
+            AdminQueuesController,
             healthz,
             readyz,
             metrics,

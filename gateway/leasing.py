@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -15,13 +16,14 @@ from .runtime import Runtime
 
 # How many tenants one shared lease considers before giving up on this round.
 CANDIDATES = 8
+# Share of lease rounds that take the oldest ready jobs regardless of priority, so that a steady
+# stream of high-priority work cannot starve low priorities.
+FIFO_SHARE = 0.1
 
 
 class Leaser:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        # Round-robin position among tenants for shared workers; per process.
-        self._cursor = ""
 
     async def lease(
         self, tenant_id: str | None, req: LeaseRequest, disconnected: asyncio.Future[object] | None = None
@@ -65,42 +67,62 @@ class Leaser:
             rt.metrics.long_poll_wait.record(loop.time() - started)
 
     async def _attempt(self, tenant_id: str | None, req: LeaseRequest) -> list[LeasedJob]:
+        # The starvation guard: some rounds take the oldest jobs whatever their priority.
+        fifo = random.random() < FIFO_SHARE
         t0 = time.perf_counter()
         try:
             async with self._rt.pool.acquire() as conn:
                 if tenant_id is not None:
                     tenant = await db.tenant_get(conn, tenant_id)
                     cap = None if tenant is None else tenant.max_inflight
-                    jobs = await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs)
+                    jobs = await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs, None, fifo)
                 else:
-                    jobs = await self._lease_shared(conn, req)
+                    jobs = await self._lease_shared(conn, req, fifo)
         finally:
             self._rt.metrics.lease_statement.record(time.perf_counter() - t0)
         if jobs:
             self._rt.metrics.jobs_leased.add(len(jobs))
         return jobs
 
-    async def _lease_shared(self, conn: db.Conn, req: LeaseRequest) -> list[LeasedJob]:
+    async def _lease_shared(self, conn: db.Conn, req: LeaseRequest, fifo: bool) -> list[LeasedJob]:
         leased: list[LeasedJob] = []
-        candidates = await db.tenant_lease_candidates(conn, self._cursor, req.queues, CANDIDATES)
-        for tenant_id, cap in candidates:
-            self._cursor = tenant_id
-            leased += await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs - len(leased))
+        candidates = await db.tenant_pick(conn, req.queues, CANDIDATES)
+        if not candidates:
+            return leased
+        floor = candidates[0].vpass
+        for c in candidates:
+            got = await self._lease_tenant(
+                conn, c.tenant_id, c.max_inflight, req, req.max_jobs - len(leased), floor, fifo
+            )
+            if not got:
+                # Its ready jobs are gone (or all locked by other leases): stop offering it.
+                await db.runnable_queue_forget(conn, c.tenant_id, req.queues)
+            leased += got
             if len(leased) >= req.max_jobs:
                 break
         return leased
 
     async def _lease_tenant(
-        self, conn: db.Conn, tenant_id: str, cap: int | None, req: LeaseRequest, limit: int
+        self,
+        conn: db.Conn,
+        tenant_id: str,
+        cap: int | None,
+        req: LeaseRequest,
+        limit: int,
+        pass_floor: float | None,
+        fifo: bool,
     ) -> list[LeasedJob]:
         lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
+        args = (conn, tenant_id, req.queues)
         if cap is None:
-            return await db.job_lease(conn, tenant_id, req.queues, limit, lease_seconds, req.worker_id)
+            return await db.job_lease(*args, limit, lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo)
         async with conn.transaction():
             room = await db.tenant_inflight_room(conn, tenant_id)
             if room <= 0:
                 return []
-            return await db.job_lease(conn, tenant_id, req.queues, min(limit, room), lease_seconds, req.worker_id)
+            return await db.job_lease(
+                *args, min(limit, room), lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo
+            )
 
 
 def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Future[object]:

@@ -48,18 +48,34 @@ SELECT * FROM jobs
  ORDER BY id DESC
  LIMIT $5;
 
--- name: tenant_lease_candidates
--- Tenants with a ready job in the queues and room under their cap, in round-robin order after
--- the cursor. One index probe per tenant; weighted fair share replaces this pick.
-SELECT t.id, t.max_inflight
+-- name: tenant_pick
+-- Weighted fair share (stride scheduling): of the tenants that may have ready jobs in these
+-- queues, are enabled, not paused there and below their in-flight cap, the least served first.
+-- Reads runnable_queues and tenants, never a scan of jobs; capped tenants count their running
+-- jobs through jobs_running_tenant (at most the cap's worth of entries).
+SELECT t.id, t.max_inflight, t.vpass
   FROM tenants t
- WHERE NOT t.disabled
-   AND EXISTS (SELECT 1 FROM jobs j
-                WHERE j.tenant_id = t.id AND j.queue = ANY($2::text[]) AND j.state = 'ready')
+ WHERE t.id IN (SELECT r.tenant_id FROM runnable_queues r
+                 WHERE r.queue = ANY($1::text[])
+                   AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                    WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
+   AND NOT t.disabled
    AND (t.max_inflight IS NULL
         OR t.max_inflight > (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
- ORDER BY t.id <= $1, t.id
- LIMIT $3;
+ ORDER BY t.vpass, t.id
+ LIMIT $2;
+
+-- name: runnable_queue_lock
+-- Try to take the pairs exclusively; returns the queues whose lock we got. Transactions making
+-- jobs ready in a pair hold its lock shared until they commit.
+SELECT q FROM unnest($2::text[]) AS q WHERE pg_try_advisory_xact_lock(orch_queue_lock_key($1, q));
+
+-- name: runnable_queue_forget
+-- Run after runnable_queue_lock, in the same transaction, so this statement's snapshot sees
+-- every job made ready in these pairs before the lock was granted.
+DELETE FROM runnable_queues r
+ WHERE r.tenant_id = $1 AND r.queue = ANY($2::text[])
+   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = r.tenant_id AND j.queue = r.queue AND j.state = 'ready');
 
 -- name: tenant_inflight_lock
 -- Serialises leases of one capped tenant so that counting its running jobs and leasing more
@@ -71,13 +87,23 @@ SELECT greatest(0, t.max_inflight - (SELECT count(*) FROM jobs r WHERE r.tenant_
   FROM tenants t WHERE t.id = $1;
 
 -- name: job_lease
--- Bounded SKIP LOCKED pick inside the CTE: at most $3 rows are ever locked.
+-- Bounded SKIP LOCKED pick inside the CTE: at most $3 rows per queue are ever locked. Paused
+-- queues are left out. A shared lease ($6 = the lowest pass among candidates, else NULL) advances the
+-- tenant's pass by jobs / weight, catching up a tenant that was idle to the others first.
 WITH picked AS (
-    SELECT id FROM jobs
-     WHERE tenant_id = $1 AND queue = ANY($2::text[]) AND state = 'ready'
-     ORDER BY priority DESC, id
+    -- One ordered index scan per queue (a list of queues cannot be read in priority order by
+    -- one scan), each locking at most $3 rows, then the best $3 of them.
+    SELECT x.id
+      FROM unnest(ARRAY(SELECT unnest($2::text[])
+                        EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
+     CROSS JOIN LATERAL (
+            SELECT id, priority FROM jobs
+             WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
+             ORDER BY priority DESC, id /* lease order */
+             LIMIT $3
+               FOR UPDATE SKIP LOCKED) x
+     ORDER BY priority DESC, id /* lease order */
      LIMIT $3
-       FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE jobs j
        SET state = 'running',
@@ -94,6 +120,10 @@ WITH picked AS (
     SELECT tenant_id, id, queue, 'job.started',
            jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
       FROM leased ORDER BY id
+), pass AS (
+    UPDATE tenants t
+       SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
+     WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
 )
 SELECT * FROM leased ORDER BY priority DESC, id;
 
@@ -275,3 +305,16 @@ SELECT id FROM jobs
  WHERE tenant_id = $1 AND state = 'dead' AND ($2::text IS NULL OR queue = $2) AND id > $3
  ORDER BY id
  LIMIT $4;
+
+-- name: queue_pause
+INSERT INTO queue_pauses (tenant_id, queue) VALUES ($1, $2) ON CONFLICT DO NOTHING;
+
+-- name: queue_resume
+-- Waiting leases wake through the jobs channel, as if the queue's jobs had just become ready.
+WITH gone AS (DELETE FROM queue_pauses WHERE tenant_id = $1 AND queue = $2 RETURNING queue)
+SELECT pg_notify('orch_jobs', json_build_object('r', json_build_array(json_build_array($1::text, $2::text,
+           (SELECT count(*) FROM (SELECT 1 FROM jobs WHERE tenant_id = $1 AND queue = $2 AND state = 'ready' LIMIT 1000) n))))::text)
+  FROM gone;
+
+-- name: queue_paused_list
+SELECT queue FROM queue_pauses WHERE tenant_id = $1 ORDER BY queue;

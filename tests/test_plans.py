@@ -1,0 +1,88 @@
+"""The hot statements keep their plans: index scans, never a sequential scan of jobs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+import db
+from db._queries import sql
+from db.jobs import _LEASE_FIFO
+
+pytestmark = pytest.mark.timeout(120)
+
+SEED = """
+INSERT INTO tenants (id, weight, max_inflight)
+SELECT 't' || g, 1 + g % 3, CASE WHEN g % 4 = 0 THEN 50 END FROM generate_series(1, 20) g;
+INSERT INTO jobs (tenant_id, queue, payload, priority, state, attempts, max_attempts, run_at, started_at, finished_at,
+                  lease_token, lease_expires_at)
+SELECT 't' || (1 + (g / 50) % 20), 'q' || ((g / 7) % 4), '{}', g % 3,
+       s.state::job_state,
+       CASE WHEN s.state IN ('running', 'succeeded') THEN 1 ELSE 0 END, 5,
+       now() + CASE WHEN s.state = 'scheduled' THEN interval '1 hour' ELSE interval '0' END,
+       CASE WHEN s.state IN ('running', 'succeeded') THEN now() END,
+       CASE WHEN s.state = 'succeeded' THEN now() END,
+       CASE WHEN s.state = 'running' THEN g END,
+       CASE WHEN s.state = 'running' THEN now() + (g % 600) * interval '1 second' END
+  FROM generate_series(1, 40000) g
+ CROSS JOIN LATERAL (SELECT CASE WHEN g % 20 = 0 THEN 'ready' WHEN g % 50 = 1 THEN 'running'
+                                 WHEN g % 50 = 2 THEN 'scheduled' ELSE 'succeeded' END AS state) s;
+"""
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[Any]:
+    c = await db.connect(database_url)
+    await c.execute(SEED)
+    await c.execute("VACUUM ANALYZE jobs")
+    await c.execute("ANALYZE")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+async def _plan(conn: Any, statement: str, *args: Any) -> list[dict[str, Any]]:
+    # Generic plans are what a long-lived prepared statement ends up with: check those.
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + statement, *args)
+    nodes = list(_nodes(json.loads(raw)[0]["Plan"]))
+    seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "jobs"]
+    assert not seq, f"sequential scan of jobs:\n{raw}"
+    return nodes
+
+
+def _indexes(nodes: list[dict[str, Any]]) -> set[str]:
+    return {n["Index Name"] for n in nodes if "Index Name" in n}
+
+
+async def test_lease_uses_the_ready_index(conn: Any) -> None:
+    args = ("t5", ["q1", "q2"], 10, 30, "w", 1.0)
+    assert "jobs_ready" in _indexes(await _plan(conn, sql("job_lease"), *args))
+    assert "jobs_ready_fifo" in _indexes(await _plan(conn, _LEASE_FIFO, *args))
+
+
+async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> None:
+    nodes = await _plan(conn, sql("tenant_pick"), ["q0", "q1", "q2", "q3"], 8)
+    jobs_nodes = [n for n in nodes if n.get("Relation Name") == "jobs"]
+    assert {n["Index Name"] for n in jobs_nodes} <= {"jobs_running_tenant"}, jobs_nodes
+
+
+async def test_complete_fail_heartbeat_and_reap_use_their_indexes(conn: Any) -> None:
+    ids, tokens = [1, 51, 101], [1, 51, 101]
+    assert "jobs_pkey" in _indexes(await _plan(conn, sql("job_complete_many"), ids, tokens, [None] * 3, None))
+    fail_args = (ids, tokens, ["e"] * 3, [True] * 3, [None] * 3, [0.5] * 3, 1000, 60000, None)
+    assert "jobs_pkey" in _indexes(await _plan(conn, sql("job_fail_many"), *fail_args))
+    # a tenant's heartbeat may find its job by (tenant, state, id) just as directly as by id
+    assert _indexes(await _plan(conn, sql("job_heartbeat"), 1, 1, 30, "t1")) & {"jobs_pkey", "jobs_tenant_state_recent"}
+    assert "jobs_running_expiry" in _indexes(await _plan(conn, sql("job_reap_expired"), 100, 1000, 60000))
+    assert "jobs_scheduled" in _indexes(await _plan(conn, sql("job_promote_due"), 100))
