@@ -1,7 +1,7 @@
 """Weighted fair share between tenants, queue pauses, and the FIFO guard against starvation.
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0003
 """
 
 from __future__ import annotations
