@@ -12,7 +12,7 @@ default:
 serve *args:
     orchestrator serve "$@"
 
-# Start everything, run a sample load across two tenants, show what happened
+# Start everything, run a mixed load across three tenants, show it live, then a summary
 [group('run')]
 demo *args:
     python -m examples.demo "$@"
@@ -36,6 +36,11 @@ check:
 fmt:
     ruff format .
     ruff check --fix .
+
+# Measure latency and throughput (`just bench --quick` for a short run)
+[group('dev')]
+bench *args:
+    python -m bench "$@"
 
 # Migrate the database (DATABASE_URL, or the embedded one in ORCH_DATA_DIR)
 [group('db')]

@@ -4,6 +4,7 @@ from . import cron, signing, wire
 from .errors import (
     Conflict,
     Forbidden,
+    Gone,
     InvalidInput,
     MalformedInput,
     NotFound,
@@ -21,6 +22,7 @@ __all__ = [
     "Conflict",
     "EventType",
     "Forbidden",
+    "Gone",
     "InvalidInput",
     "JobState",
     "MalformedInput",

@@ -44,5 +44,9 @@ class StaleLease(Conflict):
     """The lease token is not the job's current one."""
 
 
+class Gone(OrchestratorError):
+    """Events after this cursor were pruned by retention."""
+
+
 class Unavailable(OrchestratorError):
     """The database is unreachable; try again shortly."""

@@ -25,6 +25,30 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     default_max_attempts: int = 5
     max_lease_seconds: int = 3600
     notifier_enabled: bool = True
+    # Events older than this (by the time their transaction started) are pruned.
+    event_retention_seconds: int = 7 * 86_400
+    event_prune_interval_seconds: float = 60.0
+    # SSE comment lines keep idle streams (and the proxies in front of them) open.
+    event_stream_keepalive_seconds: float = 15.0
+    # Webhooks: failed deliveries back off exponentially (base doubling up to cap) and the
+    # endpoint is parked after webhook_max_attempts failures of one event.
+    webhook_max_attempts: int = 8
+    webhook_retry_base_ms: int = 10_000
+    webhook_retry_cap_ms: int = 3_600_000
+    webhook_timeout_seconds: float = 10.0
+    webhook_concurrency: int = 4
+    # Backstop for endpoints changed through another gateway; notifications do the real waking.
+    webhook_poll_seconds: float = 5.0
+    # Where clients reach this gateway; webhooks may not point at it.
+    public_url: str | None = None
+    # Observability: drop the tenant label where tenants are too many to be series; how often
+    # the database-derived gauges are refreshed; where `serve --workers N` processes share
+    # their metrics; JSON or plain text logs.
+    metrics_tenant_label: bool = True
+    stats_interval_seconds: float = 10.0
+    metrics_dir: str | None = None
+    log_json: bool = True
+    traces: str | None = None  # a span exporter: console, or otlp
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -47,6 +71,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ValueError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """On unless set to off, 0 or false."""
+    return env.get(PREFIX + name, "on").lower() not in ("off", "0", "false")
+
+
 def load_settings(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping (the caller passes `os.environ`)."""
     d = Settings()
@@ -64,5 +93,20 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         retry_cap_ms=_int(env, "RETRY_CAP_MS", d.retry_cap_ms),
         default_max_attempts=_int(env, "DEFAULT_MAX_ATTEMPTS", d.default_max_attempts),
         max_lease_seconds=d.max_lease_seconds,
-        notifier_enabled=env.get(PREFIX + "NOTIFIER", "on").lower() not in ("off", "0", "false"),
+        notifier_enabled=_flag(env, "NOTIFIER"),
+        event_retention_seconds=_int(env, "EVENT_RETENTION_SECONDS", d.event_retention_seconds),
+        event_prune_interval_seconds=_float(env, "EVENT_PRUNE_INTERVAL_SECONDS", d.event_prune_interval_seconds),
+        event_stream_keepalive_seconds=_float(env, "EVENT_STREAM_KEEPALIVE_SECONDS", d.event_stream_keepalive_seconds),
+        webhook_max_attempts=_int(env, "WEBHOOK_MAX_ATTEMPTS", d.webhook_max_attempts),
+        webhook_retry_base_ms=_int(env, "WEBHOOK_RETRY_BASE_MS", d.webhook_retry_base_ms),
+        webhook_retry_cap_ms=_int(env, "WEBHOOK_RETRY_CAP_MS", d.webhook_retry_cap_ms),
+        webhook_timeout_seconds=_float(env, "WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds),
+        webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", d.webhook_concurrency),
+        webhook_poll_seconds=_float(env, "WEBHOOK_POLL_SECONDS", d.webhook_poll_seconds),
+        public_url=env.get(PREFIX + "PUBLIC_URL") or None,
+        metrics_tenant_label=_flag(env, "METRICS_TENANT_LABEL"),
+        stats_interval_seconds=_float(env, "STATS_INTERVAL_SECONDS", d.stats_interval_seconds),
+        metrics_dir=env.get(PREFIX + "METRICS_DIR") or None,
+        log_json=env.get(PREFIX + "LOG_FORMAT", "json").lower() != "text",
+        traces=env.get(PREFIX + "TRACES") or None,
     )

@@ -59,3 +59,15 @@ def verify(secret: str, expected_hex: str, method: str, path_qs: str, timestamp:
     """Constant-time comparison of the presented signature with the computed one."""
     computed = signature(secret, method, path_qs, timestamp, nonce, body)
     return hmac.compare_digest(computed.encode(), expected_hex.encode())
+
+
+# Outbound webhooks: the gateway signs each delivery with the endpoint's secret.
+WEBHOOK_ID_HEADER = "X-Orch-Webhook-Id"
+WEBHOOK_EVENT_ID_HEADER = "X-Orch-Event-Id"
+WEBHOOK_TIMESTAMP_HEADER = "X-Orch-Timestamp"
+WEBHOOK_SIGNATURE_HEADER = "X-Orch-Signature"
+
+
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """Lowercase hex HMAC-SHA256(secret, `<timestamp>.<body>`)."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()

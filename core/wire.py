@@ -76,6 +76,7 @@ class Job(_Response, frozen=True):
     cancel_requested: bool = False
     retry_base_ms: int | None = None
     retry_cap_ms: int | None = None
+    traceparent: str | None = None  # W3C trace context of the submit, for the worker's spans
 
 
 class LeasedJob(Job, frozen=True):
@@ -129,6 +130,8 @@ class Fail(_Request, frozen=True):
     error: Annotated[str, Meta(max_length=65_536)]
     retryable: bool = True
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
+    # Re-schedule after retry_in_ms without counting the attempt.
+    snooze: bool = False
 
 
 class AckComplete(_Request, frozen=True):
@@ -143,6 +146,7 @@ class AckFail(_Request, frozen=True):
     error: Annotated[str, Meta(max_length=65_536)]
     retryable: bool = True
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
+    snooze: bool = False
 
 
 class Ack(_Request, frozen=True):
@@ -312,3 +316,66 @@ class Schedule(_Response, frozen=True):
 
 class ScheduleList(_Response, frozen=True):
     schedules: list[Schedule]
+
+
+# --- event stream, consumers, webhooks -----------------------------------------------------
+
+# An event's position: "<xid>-<id>", opaque to clients (docs/events.md).
+CURSOR_PATTERN = r"^[0-9]{1,20}-[0-9]{1,19}$"
+CursorStr = Annotated[str, Meta(min_length=3, max_length=40, pattern=CURSOR_PATTERN)]
+
+
+class EventPage(_Response, frozen=True):
+    events: list[Event]
+    next: str  # pass back as `after`: the last event's cursor, or the one given when there were none
+
+
+class ConsumerCreate(_Request, frozen=True):
+    name: Name
+    # oldest: from the oldest retained event; latest: what commits from now on
+    start: Literal["oldest", "latest"] = "oldest"
+
+
+class Consumer(_Response, frozen=True):
+    name: str
+    cursor: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ConsumerList(_Response, frozen=True):
+    consumers: list[Consumer]
+
+
+class ConsumerAck(_Request, frozen=True):
+    cursor: CursorStr
+
+
+WebhookUrl = Annotated[str, Meta(min_length=1, max_length=2048)]
+
+
+class WebhookCreate(_Request, frozen=True):
+    url: WebhookUrl
+    event_types: Annotated[list[EventType], Meta(max_length=len(EventType))] = []  # empty: every type
+    secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")] | None = None
+
+
+class Webhook(_Response, frozen=True):
+    id: str
+    url: str
+    event_types: list[EventType]
+    state: Literal["active", "parked"]
+    cursor: str  # the last event delivered (or passed over as not subscribed)
+    attempts: int  # failed deliveries of the next event
+    next_attempt_at: datetime
+    delivered: int
+    created_at: datetime
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    last_delivered_at: datetime | None = None
+    secret: str | None = None  # only in the answer to a create that generated it
+
+
+class WebhookList(_Response, frozen=True):
+    webhooks: list[Webhook]

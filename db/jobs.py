@@ -69,7 +69,7 @@ class Inserted(msgspec.Struct, frozen=True):
 
 
 async def job_insert_many(
-    conn: Conn, tenant_id: str, jobs: Sequence[NewJob], *, default_max_attempts: int
+    conn: Conn, tenant_id: str, jobs: Sequence[NewJob], *, default_max_attempts: int, traceparent: str | None = None
 ) -> list[Inserted]:
     """Insert jobs in order; an idempotency key seen before yields the first job, not a new one."""
     rows = await conn.fetch(
@@ -87,6 +87,7 @@ async def job_insert_many(
         [j.retry_base_ms for j in jobs],
         [j.retry_cap_ms for j in jobs],
         default_max_attempts,
+        traceparent,
     )
     # Inserted rows come back in input order (ids follow it); rows with a key may be missing.
     by_key = {r["idempotency_key"]: job_from_row(r) for r in rows if r["idempotency_key"] is not None}
@@ -130,12 +131,13 @@ class Candidate(msgspec.Struct, frozen=True):
     tenant_id: str
     max_inflight: int | None
     vpass: float
+    lead_pass: float  # the highest pass among all eligible tenants
 
 
 async def tenant_pick(conn: Conn, queues: Sequence[str], limit: int) -> list[Candidate]:
     """Tenants to lease from for a shared worker, least served (by weight) first."""
     rows = await conn.fetch(_PICK, list(queues), limit)
-    return [Candidate(r["id"], r["max_inflight"], r["vpass"]) for r in rows]
+    return [Candidate(r["id"], r["max_inflight"], r["vpass"], r["lead_pass"]) for r in rows]
 
 
 async def runnable_queue_forget(conn: Conn, tenant_id: str, queues: Sequence[str]) -> None:
@@ -219,6 +221,7 @@ class FailItem(msgspec.Struct, frozen=True):
     error: str
     retryable: bool
     retry_in_ms: int | None
+    snooze: bool = False  # re-schedule after retry_in_ms without counting the attempt
 
 
 async def job_fail_many(
@@ -235,6 +238,7 @@ async def job_fail_many(
         base_ms,
         cap_ms,
         tenant_id,
+        [i.snooze for i in items],
     )
     return _outcomes(rows)
 

@@ -32,6 +32,7 @@ def _job_fields(r: asyncpg.Record) -> dict[str, Any]:
         "cancel_requested": r["cancel_requested"],
         "retry_base_ms": r["retry_base_ms"],
         "retry_cap_ms": r["retry_cap_ms"],
+        "traceparent": r["traceparent"],
     }
 
 

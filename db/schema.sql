@@ -95,6 +95,23 @@ CREATE TABLE public.api_keys (
     revoked_at timestamp with time zone
 );
 
+CREATE TABLE public.consumers (
+    tenant_id text NOT NULL,
+    name text NOT NULL,
+    cursor_xid xid8 NOT NULL,
+    cursor_id bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT consumers_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text))
+);
+
+CREATE TABLE public.event_retention (
+    tenant_id text NOT NULL,
+    horizon_xid xid8 NOT NULL,
+    horizon_id bigint NOT NULL,
+    pruned_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE public.events (
     id bigint NOT NULL,
     xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
@@ -140,6 +157,7 @@ CREATE TABLE public.jobs (
     cancel_requested boolean DEFAULT false NOT NULL,
     retry_base_ms bigint,
     retry_cap_ms bigint,
+    traceparent text,
     CONSTRAINT jobs_attempts_range CHECK (((attempts >= 0) AND (attempts <= max_attempts) AND (max_attempts >= 1))),
     CONSTRAINT jobs_finished_iff_terminal CHECK (((state = ANY (ARRAY['succeeded'::public.job_state, 'dead'::public.job_state, 'cancelled'::public.job_state])) = (finished_at IS NOT NULL))),
     CONSTRAINT jobs_lease_iff_running CHECK (((state = 'running'::public.job_state) = (lease_expires_at IS NOT NULL))),
@@ -148,7 +166,8 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_retry_cap_ms_check CHECK ((retry_cap_ms >= 0)),
     CONSTRAINT jobs_running_has_token CHECK (((state <> 'running'::public.job_state) OR (lease_token IS NOT NULL))),
     CONSTRAINT jobs_started_when_run CHECK (((state <> ALL (ARRAY['running'::public.job_state, 'succeeded'::public.job_state])) OR (started_at IS NOT NULL))),
-    CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0))
+    CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0)),
+    CONSTRAINT jobs_traceparent_check CHECK ((traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text))
 );
 
 ALTER TABLE public.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -246,11 +265,49 @@ CREATE TABLE public.tenants (
     CONSTRAINT tenants_weight_check CHECK (((weight >= 1) AND (weight <= 10000)))
 );
 
+CREATE TABLE public.webhooks (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    url text NOT NULL,
+    event_types text[] DEFAULT '{}'::text[] NOT NULL,
+    secret text NOT NULL,
+    state text DEFAULT 'active'::text NOT NULL,
+    cursor_xid xid8 NOT NULL,
+    cursor_id bigint NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT now() NOT NULL,
+    delivered bigint DEFAULT 0 NOT NULL,
+    last_status integer,
+    last_error text,
+    last_attempt_at timestamp with time zone,
+    last_delivered_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhooks_attempts_check CHECK ((attempts >= 0)),
+    CONSTRAINT webhooks_event_types_check CHECK ((event_types <@ ARRAY['job.created'::text, 'job.started'::text, 'job.succeeded'::text, 'job.retry_scheduled'::text, 'job.dead'::text, 'job.cancelled'::text, 'job.replayed'::text])),
+    CONSTRAINT webhooks_state_check CHECK ((state = ANY (ARRAY['active'::text, 'parked'::text]))),
+    CONSTRAINT webhooks_url_check CHECK ((url ~* '^https?://'::text))
+);
+
+ALTER TABLE public.webhooks ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhooks_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 ALTER TABLE ONLY public.alembic_version
     ADD CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num);
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_pkey PRIMARY KEY (key_id);
+
+ALTER TABLE ONLY public.consumers
+    ADD CONSTRAINT consumers_pkey PRIMARY KEY (tenant_id, name);
+
+ALTER TABLE ONLY public.event_retention
+    ADD CONSTRAINT event_retention_pkey PRIMARY KEY (tenant_id);
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
@@ -282,9 +339,12 @@ ALTER TABLE ONLY public.schedules
 ALTER TABLE ONLY public.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (id);
+
 CREATE INDEX events_job ON public.events USING btree (job_id, id);
 
-CREATE INDEX events_tenant ON public.events USING btree (tenant_id, id);
+CREATE INDEX events_tenant_xid ON public.events USING btree (tenant_id, xid, id);
 
 CREATE INDEX jobs_dead ON public.jobs USING btree (tenant_id, id) WHERE (state = 'dead'::public.job_state);
 
@@ -308,6 +368,10 @@ CREATE INDEX request_nonces_seen_at ON public.request_nonces USING btree (seen_a
 
 CREATE INDEX schedules_due ON public.schedules USING btree (next_fire_at) WHERE (NOT paused);
 
+CREATE INDEX webhooks_due ON public.webhooks USING btree (next_attempt_at) WHERE (state = 'active'::text);
+
+CREATE INDEX webhooks_tenant ON public.webhooks USING btree (tenant_id, id);
+
 CREATE TRIGGER events_notify AFTER INSERT ON public.events REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.orch_events_notify();
 
 CREATE TRIGGER jobs_notify_insert AFTER INSERT ON public.jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.orch_jobs_notify();
@@ -316,6 +380,9 @@ CREATE TRIGGER jobs_notify_update AFTER UPDATE ON public.jobs REFERENCING NEW TA
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.consumers
+    ADD CONSTRAINT consumers_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.jobs
     ADD CONSTRAINT jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id);
@@ -334,3 +401,6 @@ ALTER TABLE ONLY public.schedule_fires
 
 ALTER TABLE ONLY public.schedules
     ADD CONSTRAINT schedules_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;

@@ -108,5 +108,5 @@ class AdminController(Controller):
                     total += sum(1 for o in outcomes.values() if o.changed)
                     after = ids[-1]
         if total:
-            rt.metrics.jobs_replayed.add(total, {"tenant": data.tenant_id})
+            rt.metrics.jobs_replayed.add(total, rt.metrics.labels(data.tenant_id, "*"))
         return Replayed(replayed=total)

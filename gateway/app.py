@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,17 +18,22 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 import db
 from core import Settings, load_settings
 
-from . import errors
+from . import errors, logs
 from .admin import AdminController
+from .events import ConsumersController, EventsController
 from .jobs import JobsController, RetryPolicyController
 from .leasing import Leaser
 from .ops import healthz, metrics, readyz
 from .queues import AdminQueuesController, QueuesController
 from .runtime import Runtime
 from .schedules import SchedulesController
+from .webhooks import WebhooksController
 from .workers import WorkersController
 
 log = logging.getLogger("orchestrator.gateway")
+
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class SchemaMismatch(RuntimeError):
@@ -34,7 +41,8 @@ class SchemaMismatch(RuntimeError):
 
 
 def _timing(app: ASGIApp) -> ASGIApp:
-    """Middleware recording each request's duration by route template and status."""
+    """Middleware giving each request an id (X-Request-Id, taken from the caller when it sends a
+    sane one) for its log lines, and recording its duration by route template and status."""
 
     async def timed(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -42,17 +50,27 @@ def _timing(app: ASGIApp) -> ASGIApp:
             return
         t0 = time.perf_counter()
         status = 500
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
+        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        logs.request_id.set(rid)
+        logs.tenant_id.set(None)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
+        rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
         try:
-            await app(scope, receive, send_wrapper)
+            if rt is None:
+                await app(scope, receive, send_wrapper)
+            else:
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+                with rt.tracing.request_span(f"{scope.get('method', '')} {scope.get('path_template', '')}", headers):
+                    await app(scope, receive, send_wrapper)
         finally:
-            rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
             if rt is not None:
                 route = scope.get("path_template") or "unmatched"
                 labels = {"method": scope.get("method", ""), "route": route, "status": str(status)}
@@ -93,6 +111,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             RetryPolicyController,
             SchedulesController,
             WorkersController,
+            EventsController,
+            ConsumersController,
+            WebhooksController,
             AdminController,
             QueuesController,
             AdminQueuesController,

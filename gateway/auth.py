@@ -14,6 +14,7 @@ from litestar.handlers.base import BaseRouteHandler
 import db
 from core import Forbidden, Unauthenticated, signing
 
+from . import logs
 from .runtime import Runtime
 
 
@@ -89,6 +90,7 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseR
     if key.tenant_disabled:
         raise Forbidden("this tenant is disabled")
     connection.state.principal = Principal(key.key_id, key.tenant_id)
+    logs.tenant_id.set(key.tenant_id)
 
 
 async def operator(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:

@@ -1,13 +1,13 @@
-"""The `orchestrator` command: serve, migrate, db-dump."""
+"""The `orchestrator` command: serve, migrate, db-dump, worker."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import db
 from core import load_settings
+
+from . import logs
 
 
 def _admin_token(data_dir: Path, configured: str | None) -> str:
@@ -62,6 +64,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings(os.environ)
     data_dir = Path(settings.data_dir)
     dsn, embedded = _database(data_dir, settings.database_url)
+    metrics_dir: str | None = None
     try:
         problem = asyncio.run(_schema_problem(dsn))
         if problem is not None:
@@ -74,6 +77,10 @@ def serve(args: argparse.Namespace) -> int:
         # Worker processes build their settings from this environment.
         os.environ["DATABASE_URL"] = dsn
         os.environ["ORCH_ADMIN_TOKEN"] = token
+        if args.workers > 1 and not settings.metrics_dir:
+            # Processes behind one port share their metrics through this folder (see metrics_merge).
+            metrics_dir = tempfile.mkdtemp(prefix="orch-metrics-")
+            os.environ["ORCH_METRICS_DIR"] = metrics_dir
         print(f"Job Orchestrator listening on http://{args.host}:{args.port} ({args.workers} process(es))", flush=True)
         if settings.admin_token is None:
             print(f"admin token: {token} (kept in {data_dir / 'admin_token'})", flush=True)
@@ -91,11 +98,17 @@ def serve(args: argparse.Namespace) -> int:
                 loop="uvloop",
                 http="httptools",
                 log_level=args.log_level,
+                log_config=logs.dict_config(args.log_level, json_lines=settings.log_json),
                 access_log=False,
                 timeout_graceful_shutdown=5,
+                # Longer than clients keep idle connections (the SDK: 30 s), so the server never
+                # closes one under a request in flight.
+                timeout_keep_alive=75,
             )
         return 0
     finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if embedded is not None:
             embedded.stop()
 
@@ -149,9 +162,15 @@ def db_dump(args: argparse.Namespace) -> int:
     return 0
 
 
+def worker(args: argparse.Namespace) -> int:
+    from sdk.cli import main as worker_main
+
+    result: int = worker_main(args.args)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logs.configure("info", json_lines=load_settings(os.environ).log_json)
     parser = argparse.ArgumentParser(prog="orchestrator", description="Job Orchestrator")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("serve", help="run the gateway (embedded PostgreSQL when DATABASE_URL is unset)")
@@ -166,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("db-dump", help="write db/schema.sql from the migrations")
     p.add_argument("--check", action="store_true", help="fail when db/schema.sql is out of date")
     p.set_defaults(func=db_dump)
+    # Everything after `worker` goes to the SDK's own parser untouched: no option here may look like one.
+    p = sub.add_parser(
+        "worker", help="run a worker: orchestrator worker module:handler [--help]", add_help=False, prefix_chars="\0"
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=worker)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from core import (
     Conflict,
     Forbidden,
+    Gone,
     InvalidInput,
     MalformedInput,
     NotFound,
@@ -30,6 +31,7 @@ STATUS: dict[type[OrchestratorError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     NotFound: 404,
+    Gone: 410,
     Conflict: 409,
     InvalidInput: 422,
     Unavailable: 503,
@@ -41,6 +43,7 @@ TITLES = {
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Request body too large",
     422: "Invalid field",
     429: "Too many requests",

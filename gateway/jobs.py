@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post, put
@@ -55,10 +56,14 @@ class JobsController(Controller):
         job = new_job(data)
         async with rt.pool.acquire() as conn:
             (inserted,) = await db.job_insert_many(
-                conn, tenant_id, [job], default_max_attempts=rt.settings.default_max_attempts
+                conn,
+                tenant_id,
+                [job],
+                default_max_attempts=rt.settings.default_max_attempts,
+                traceparent=rt.tracing.traceparent(request.headers),
             )
         if inserted.created:
-            rt.metrics.jobs_submitted.add(1, {"tenant": tenant_id, "queue": job.queue})
+            rt.metrics.jobs_submitted.add(1, rt.metrics.labels(tenant_id, job.queue))
         return Response(inserted.job, status_code=201 if inserted.created else 200)
 
     @post("/batch", status_code=201, summary="Submit up to 1000 jobs, all or nothing")
@@ -68,11 +73,15 @@ class JobsController(Controller):
         jobs = [new_job(s, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
         async with rt.pool.acquire() as conn, conn.transaction():
             inserted = await db.job_insert_many(
-                conn, tenant_id, jobs, default_max_attempts=rt.settings.default_max_attempts
+                conn,
+                tenant_id,
+                jobs,
+                default_max_attempts=rt.settings.default_max_attempts,
+                traceparent=rt.tracing.traceparent(request.headers),
             )
-        created = sum(1 for i in inserted if i.created)
-        if created:
-            rt.metrics.jobs_submitted.add(created, {"tenant": tenant_id, "queue": jobs[0].queue})
+        created = Counter(i.job.queue for i in inserted if i.created)
+        for queue, n in created.items():
+            rt.metrics.jobs_submitted.add(n, rt.metrics.labels(tenant_id, queue))
         return JobBatch(jobs=[i.job for i in inserted])
 
     @get("/{job_id:str}", summary="Get a job; with wait_ms, wait for it to finish")
@@ -141,7 +150,7 @@ class JobsController(Controller):
         if not outcome.changed and outcome.job.state is not JobState.RUNNING:
             raise Conflict(f"a {outcome.job.state} job cannot be cancelled")
         if outcome.changed and outcome.job.state is JobState.CANCELLED:
-            rt.metrics.jobs_cancelled.add(1, {"tenant": tenant_id, "queue": outcome.job.queue})
+            rt.metrics.jobs_cancelled.add(1, rt.metrics.labels(tenant_id, outcome.job.queue))
         return outcome.job
 
     @post("/{job_id:str}/retry", status_code=200, summary="Replay a dead or cancelled job")
@@ -155,7 +164,7 @@ class JobsController(Controller):
             raise NotFound("no such job")
         if not outcome.changed:
             raise Conflict(f"a {outcome.job.state} job cannot be replayed: only dead or cancelled ones")
-        rt.metrics.jobs_replayed.add(1, {"tenant": tenant_id, "queue": outcome.job.queue})
+        rt.metrics.jobs_replayed.add(1, rt.metrics.labels(tenant_id, outcome.job.queue))
         return outcome.job
 
 

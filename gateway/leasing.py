@@ -16,6 +16,9 @@ from .runtime import Runtime
 
 # How many tenants one shared lease considers before giving up on this round.
 CANDIDATES = 8
+# How far (in jobs of weight 1) a tenant's pass may trail the leader's: the head start an idle or
+# new tenant gets, instead of taking every worker until its pass catches up.
+JOIN_CREDIT = 10.0
 # Share of lease rounds that take the oldest ready jobs regardless of priority, so that a steady
 # stream of high-priority work cannot starve low priorities.
 FIFO_SHARE = 0.1
@@ -81,7 +84,7 @@ class Leaser:
         finally:
             self._rt.metrics.lease_statement.record(time.perf_counter() - t0)
         if jobs:
-            self._rt.metrics.jobs_leased.add(len(jobs))
+            self._rt.metrics.leased(jobs)
         return jobs
 
     async def _lease_shared(self, conn: db.Conn, req: LeaseRequest, fifo: bool) -> list[LeasedJob]:
@@ -89,7 +92,7 @@ class Leaser:
         candidates = await db.tenant_pick(conn, req.queues, CANDIDATES)
         if not candidates:
             return leased
-        floor = candidates[0].vpass
+        floor = candidates[0].lead_pass - JOIN_CREDIT
         for c in candidates:
             got = await self._lease_tenant(
                 conn, c.tenant_id, c.max_inflight, req, req.max_jobs - len(leased), floor, fifo

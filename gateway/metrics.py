@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, generate_latest
+
+from core import JobState
+from core.wire import Job, LeasedJob
+from db import Stats
 
 # Seconds, from sub-millisecond lease wake-ups to minute-long waits.
 _LATENCY_BUCKETS = (
@@ -33,7 +38,10 @@ _LATENCY_BUCKETS = (
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, tenant_label: bool = True) -> None:
+        # Deployments with very many tenants drop the tenant label to bound the series count.
+        self._tenant_label = tenant_label
+        self._stats: Stats | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self._reader = PrometheusMetricReader(registry=self.registry)
         self._provider = MeterProvider(
@@ -65,6 +73,24 @@ class Metrics:
         self.listen_reconnects = m.create_counter(
             "orch_listen_reconnects", description="LISTEN connection re-established"
         )
+        self.events_served = m.create_counter("orch_events_served", description="Events handed to readers by transport")
+        self.events_pruned = m.create_counter("orch_events_pruned", description="Events deleted by retention")
+        self.webhook_deliveries = m.create_counter(
+            "orch_webhook_deliveries", description="Webhook delivery attempts by outcome"
+        )
+        for outcome in ("delivered", "failed", "parked"):
+            self.webhook_deliveries.add(0, {"outcome": outcome})  # the series exist before the first delivery
+        self.queue_wait = m.create_histogram(
+            "orch_queue_wait_seconds", unit="s", description="Ready (run_at) to leased, per lease"
+        )
+        self.run_time = m.create_histogram("orch_run_time_seconds", unit="s", description="Leased to finished")
+        self.end_to_end = m.create_histogram(
+            "orch_end_to_end_seconds", unit="s", description="Submitted to finished (succeeded or dead)"
+        )
+        self._db_gauges(m)
+        # Counters without labels start at zero, so their series exist before the first event.
+        for counter in (self.fencing_rejections, self.listen_reconnects, self.jobs_reaped, self.jobs_promoted):
+            counter.add(0)
         self.http_duration = m.create_histogram(
             "orch_http_request_duration_seconds", unit="s", description="HTTP requests by route and status"
         )
@@ -73,6 +99,92 @@ class Metrics:
         )
         self.long_poll_wait = m.create_histogram(
             "orch_long_poll_wait_seconds", unit="s", description="Time a lease request waited"
+        )
+        self.webhook_duration = m.create_histogram(
+            "orch_webhook_delivery_duration_seconds", unit="s", description="One webhook POST, answered or not"
+        )
+
+    def labels(self, tenant_id: str, queue: str) -> dict[str, str]:
+        return {"tenant": tenant_id, "queue": queue} if self._tenant_label else {"queue": queue}
+
+    def leased(self, jobs: Sequence[LeasedJob]) -> None:
+        for job in jobs:
+            labels = self.labels(job.tenant_id, job.queue)
+            self.jobs_leased.add(1, labels)
+            if job.started_at is not None:
+                self.queue_wait.record(max(0.0, (job.started_at - job.run_at).total_seconds()), labels)
+
+    def finished(self, job: Job) -> None:
+        """Count a job that a complete, fail or cancel has just changed."""
+        labels = self.labels(job.tenant_id, job.queue)
+        counter = {
+            JobState.SUCCEEDED: self.jobs_succeeded,
+            JobState.DEAD: self.jobs_dead,
+            JobState.CANCELLED: self.jobs_cancelled,
+        }.get(job.state, self.jobs_failed)
+        counter.add(1, labels)
+        now = datetime.now(UTC)
+        if job.started_at is not None:
+            self.run_time.record(max(0.0, (now - job.started_at).total_seconds()), labels)
+        if job.state in (JobState.SUCCEEDED, JobState.DEAD):
+            self.end_to_end.record(max(0.0, (now - job.created_at).total_seconds()), labels)
+
+    def set_stats(self, stats: Stats) -> None:
+        self._stats = stats
+
+    def _db_gauges(self, m: Meter) -> None:
+        def jobs(_o: CallbackOptions) -> Iterable[Observation]:
+            for row in self._stats.jobs if self._stats else ():
+                yield Observation(row.count, {**self.labels(row.tenant_id, row.queue), "state": row.state})
+
+        def oldest(_o: CallbackOptions) -> Iterable[Observation]:
+            ages: dict[str, float] = {}
+            for row in self._stats.jobs if self._stats else ():
+                if row.oldest_ready_seconds is not None:
+                    key = row.tenant_id if self._tenant_label else ""
+                    ages[key] = max(ages.get(key, 0.0), row.oldest_ready_seconds)
+            for tenant, age in ages.items():
+                yield Observation(age, {"tenant": tenant} if self._tenant_label else {})
+
+        def running(_o: CallbackOptions) -> Iterable[Observation]:
+            counts: dict[str, int] = {}
+            for row in self._stats.jobs if self._stats else ():
+                if row.state == "running":
+                    counts[row.tenant_id] = counts.get(row.tenant_id, 0) + row.count
+            for t in self._stats.tenants if self._stats else ():
+                yield Observation(counts.get(t.tenant_id, 0), {"tenant": t.tenant_id})
+
+        def caps(_o: CallbackOptions) -> Iterable[Observation]:
+            for t in self._stats.tenants if self._stats else ():
+                if t.max_inflight is not None:
+                    yield Observation(t.max_inflight, {"tenant": t.tenant_id})
+
+        def weights(_o: CallbackOptions) -> Iterable[Observation]:
+            for t in self._stats.tenants if self._stats else ():
+                yield Observation(t.weight, {"tenant": t.tenant_id})
+
+        m.create_observable_gauge("orch_db_jobs", [jobs], description="Open and dead jobs by tenant, queue, state")
+        m.create_observable_gauge(
+            "orch_db_oldest_ready_age_seconds", [oldest], unit="s", description="Age of the oldest ready job"
+        )
+        # Per tenant by nature: these follow the tenants, whatever the tenant-label setting.
+        m.create_observable_gauge("orch_db_running", [running], description="Running jobs per tenant")
+        m.create_observable_gauge("orch_db_max_inflight", [caps], description="In-flight cap per tenant")
+        m.create_observable_gauge("orch_db_tenant_weight", [weights], description="Fair-share weight per tenant")
+
+        def lags(_o: CallbackOptions) -> Iterable[Observation]:
+            for b in self._stats.consumer_lags if self._stats else ():
+                yield Observation(b.events, {"tenant": b.tenant_id, "consumer": b.name})
+
+        def backlogs(_o: CallbackOptions) -> Iterable[Observation]:
+            for b in self._stats.webhook_backlogs if self._stats else ():
+                yield Observation(b.events, {"tenant": b.tenant_id, "webhook": b.name})
+
+        m.create_observable_gauge(
+            "orch_db_consumer_lag_events", [lags], description="Events a durable consumer has not acknowledged"
+        )
+        m.create_observable_gauge(
+            "orch_db_webhook_backlog_events", [backlogs], description="Events a webhook endpoint has yet to receive"
         )
 
     def observe_gauge(self, name: str, description: str, read: Callable[[], float]) -> None:

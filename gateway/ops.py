@@ -36,4 +36,4 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
 
 @get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type="text/plain; version=0.0.4")
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
-    return runtime_of(request).metrics.render()
+    return runtime_of(request).render_metrics()

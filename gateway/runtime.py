@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
+from pathlib import Path
 
 import asyncpg
 
@@ -13,7 +15,9 @@ import db
 from core import Settings
 from notifier import Notifier
 
+from . import metrics_merge
 from .metrics import Metrics
+from .tracing import Tracing
 
 log = logging.getLogger("orchestrator.gateway")
 
@@ -27,7 +31,8 @@ class Runtime:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, dsn: str) -> None:
         self.settings = settings
         self.pool = pool
-        self.metrics = Metrics()
+        self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
+        self.tracing = Tracing(settings.traces)
         self._due_at = 0.0  # monotonic time at which the timer should next promote
         self._due_changed = asyncio.Event()
         self.notifier = Notifier(
@@ -50,6 +55,11 @@ class Runtime:
         self.metrics.observe_gauge(
             "orch_listen_up", "1 while the LISTEN connection is up", lambda: float(self.notifier.listening)
         )
+        self.metrics.observe_gauge(
+            "orch_event_waiters",
+            "Event long-polls, streams and publishers parked",
+            lambda: len(self.notifier.event_waiters),
+        )
 
     async def start(self) -> None:
         await self.notifier.start()
@@ -57,10 +67,18 @@ class Runtime:
             asyncio.create_task(self._promote_loop(), name="promoter"),
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._prune_loop(), name="nonce-pruner"),
+            asyncio.create_task(self._stats_loop(), name="stats"),
         ]
+        if self.settings.metrics_dir is not None:
+            self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"))
         from .schedules import run_schedules  # here, not at the top: schedules -> auth -> runtime
 
         self._tasks.append(asyncio.create_task(run_schedules(self), name="scheduler"))
+        from .events import run_event_pruner  # here, not at the top: events -> auth -> runtime
+        from .webhooks import run_webhook_publisher
+
+        self._tasks.append(asyncio.create_task(run_event_pruner(self), name="event-pruner"))
+        self._tasks.append(asyncio.create_task(run_webhook_publisher(self), name="webhook-publisher"))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -70,6 +88,7 @@ class Runtime:
                 await t
         await self.notifier.stop()
         self.metrics.shutdown()
+        self.tracing.shutdown()
 
     # --- delayed jobs ------------------------------------------------------------------
 
@@ -122,6 +141,7 @@ class Runtime:
                     break
         if total:
             self.metrics.jobs_reaped.add(total)
+            log.info("recovered expired leases", extra={"count": total})
             self._on_due(0.0)
         return total
 
@@ -132,6 +152,39 @@ class Runtime:
                 await self.reap()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("reaping failed: %s", exc)
+
+    async def refresh_stats(self) -> None:
+        async with self.pool.acquire() as conn:
+            self.metrics.set_stats(await db.stats_read(conn))
+
+    async def _stats_loop(self) -> None:
+        # One cheap query on a timer, so a scrape never touches the database.
+        while True:
+            try:
+                await self.refresh_stats()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reading the gauges' figures failed: %s", exc)
+            await asyncio.sleep(self.settings.stats_interval_seconds)
+
+    def render_metrics(self) -> bytes:
+        """This process's metrics, or with several processes behind one port, all of theirs."""
+        own = self.metrics.render()
+        if self.settings.metrics_dir is None:
+            return own
+        folder = Path(self.settings.metrics_dir)
+        metrics_merge.write_snapshot(folder, own)
+        return metrics_merge.merge(metrics_merge.read_snapshots(folder)).encode()
+
+    async def _snapshot_loop(self) -> None:
+        assert self.settings.metrics_dir is not None
+        folder = Path(self.settings.metrics_dir)
+        try:
+            while True:
+                metrics_merge.write_snapshot(folder, self.metrics.render())
+                await asyncio.sleep(1.0)
+        finally:
+            # A process that stops takes its figures with it; the merge would drop them anyway.
+            (folder / f"{os.getpid()}.prom").unlink(missing_ok=True)
 
     async def _prune_loop(self) -> None:
         while True:

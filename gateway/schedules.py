@@ -173,7 +173,7 @@ async def fire_due(rt: Runtime) -> float | None:
                     conn, limit=FIRE_BATCH, default_max_attempts=rt.settings.default_max_attempts
                 )
             for f in batch.fired:
-                rt.metrics.schedule_fires.add(1, {"tenant": f.tenant_id, "queue": f.queue})
+                rt.metrics.schedule_fires.add(1, rt.metrics.labels(f.tenant_id, f.queue))
             for b in batch.broken:
                 log.error("schedule %s of tenant %s cannot fire: %s", b.schedule, b.tenant_id, b.error)
             if batch.due < FIRE_BATCH:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Controller, Request, post
@@ -27,6 +28,8 @@ from .jobs import parse_job_id
 from .leasing import cancel, watch_disconnect
 from .runtime import Runtime
 
+log = logging.getLogger("orchestrator.workers")
+
 DEFAULT_EXTEND_SECONDS = 30
 # After a fail, the same token may repeat the fail while the job has not been leased again.
 _AFTER_FAIL = frozenset({JobState.SCHEDULED, JobState.READY, JobState.DEAD, JobState.CANCELLED})
@@ -45,29 +48,25 @@ def _judge(outcome: db.Outcome | None, token: int, repeat_states: frozenset[JobS
 
 def _count(rt: Runtime, outcomes: dict[int, db.Outcome]) -> None:
     for o in outcomes.values():
-        if not o.changed:
-            continue
-        labels = {"tenant": o.job.tenant_id, "queue": o.job.queue}
-        if o.job.state is JobState.SUCCEEDED:
-            rt.metrics.jobs_succeeded.add(1, labels)
-        elif o.job.state is JobState.DEAD:
-            rt.metrics.jobs_dead.add(1, labels)
-        elif o.job.state is JobState.CANCELLED:
-            rt.metrics.jobs_cancelled.add(1, labels)
-        else:
-            rt.metrics.jobs_failed.add(1, labels)
+        if o.changed:
+            rt.metrics.finished(o.job)
 
 
-def _raise_for(rt: Runtime, status: int) -> None:
+def _raise_for(rt: Runtime, status: int, job_id: int) -> None:
     if status == 404:
         raise NotFound("no such job")
     if status == 409:
         rt.metrics.fencing_rejections.add(1)
+        log.info("stale lease token refused", extra={"job_id": job_id})
         raise StaleLease("the lease token is not this job's current one, or its state does not allow this")
 
 
-def _fail_item(job_id: int, token: int, error: str, retryable: bool, retry_in_ms: int | None) -> db.FailItem:
-    return db.FailItem(job_id=job_id, lease_token=token, error=error, retryable=retryable, retry_in_ms=retry_in_ms)
+def _fail_item(
+    job_id: int, token: int, error: str, retryable: bool, retry_in_ms: int | None, snooze: bool = False
+) -> db.FailItem:
+    return db.FailItem(
+        job_id=job_id, lease_token=token, error=error, retryable=retryable, retry_in_ms=retry_in_ms, snooze=snooze
+    )
 
 
 class WorkersController(Controller):
@@ -96,7 +95,7 @@ class WorkersController(Controller):
             beat = await db.job_heartbeat(conn, jid, data.lease_token, extend, tenant_id)
             if beat is None:
                 exists = await db.job_get(conn, jid, tenant_id) is not None
-                _raise_for(rt, 409 if exists else 404)
+                _raise_for(rt, 409 if exists else 404, jid)
         assert beat is not None
         return HeartbeatResponse(lease_expires_at=beat[0], cancel_requested=beat[1])
 
@@ -110,7 +109,7 @@ class WorkersController(Controller):
             )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
-        _raise_for(rt, _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})))
+        _raise_for(rt, _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})), jid)
         assert outcome is not None
         return outcome.job
 
@@ -118,7 +117,7 @@ class WorkersController(Controller):
     async def fail(self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Fail]) -> Job:
         rt = runtime_of(request)
         jid = parse_job_id(job_id)
-        item = _fail_item(jid, data.lease_token, data.error, data.retryable, data.retry_in_ms)
+        item = _fail_item(jid, data.lease_token, data.error, data.retryable, data.retry_in_ms, data.snooze)
         async with rt.pool.acquire() as conn:
             outcomes = await db.job_fail_many(
                 conn,
@@ -129,7 +128,7 @@ class WorkersController(Controller):
             )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
-        _raise_for(rt, _judge(outcome, data.lease_token, _AFTER_FAIL))
+        _raise_for(rt, _judge(outcome, data.lease_token, _AFTER_FAIL), jid)
         assert outcome is not None
         return outcome.job
 
@@ -138,7 +137,7 @@ class WorkersController(Controller):
         rt = runtime_of(request)
         tenant_id = principal_of(request).tenant_id
         completes = [(int(c.id), c.lease_token, c.result) for c in data.complete]
-        fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms) for f in data.fail]
+        fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms, f.snooze) for f in data.fail]
         async with rt.pool.acquire() as conn, conn.transaction():
             done = await db.job_complete_many(conn, completes, tenant_id) if completes else {}
             failed = (

@@ -20,7 +20,7 @@ import msgspec
 
 import db
 
-from .waiters import ANY, JobWaiters, LeaseWaiters
+from .waiters import ANY, EventWaiters, JobWaiters, LeaseWaiters
 
 log = logging.getLogger("orchestrator.notifier")
 
@@ -66,6 +66,7 @@ class Notifier:
         self._on_reconnect = on_reconnect
         self.lease_waiters = LeaseWaiters()
         self.job_waiters = JobWaiters()
+        self.event_waiters = EventWaiters()
         self._conn: asyncpg.Connection | None = None
         self._lost = asyncio.Event()
         self._probes: dict[str, asyncio.Future[None]] = {}
@@ -94,6 +95,7 @@ class Notifier:
         await self._close()
         self.lease_waiters.wake_all()
         self.job_waiters.wake_all()
+        self.event_waiters.wake_all()
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """True when a notification sent now comes back through the LISTEN connection."""
@@ -174,6 +176,8 @@ class Notifier:
         if self._on_due is not None:
             self._on_due(0.0)
         self.job_waiters.wake_all()
+        # Event readers re-read from their cursor: a missed notification costs one read each.
+        self.event_waiters.wake_all()
         if not len(self.lease_waiters):
             return
         async with self._pool.acquire() as conn:
@@ -184,7 +188,7 @@ class Notifier:
     async def _safety_poll_loop(self) -> None:
         while True:
             await asyncio.sleep(self._safety_poll * (0.8 + 0.4 * random.random()))
-            if len(self.lease_waiters) or len(self.job_waiters) or not self._enabled:
+            if len(self.lease_waiters) or len(self.job_waiters) or len(self.event_waiters) or not self._enabled:
                 try:
                     await self.catch_up()
                 except Exception as exc:
@@ -215,8 +219,10 @@ class Notifier:
             news = _EventsNews(all=True)
         if news.all:
             self.job_waiters.wake_all()
+            self.event_waiters.wake_all()
         else:
             self.job_waiters.wake(news.j)
+            self.event_waiters.wake(news.t)
 
     def _on_probe(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         fut = self._probes.get(str(payload))

@@ -94,3 +94,45 @@ class JobWaiters:
             for ev in waiting:
                 ev.set()
         self._by_job.clear()
+
+
+class EventWaiters:
+    """Long-polls, streams and publishers waiting for a tenant's events to commit.
+
+    Parking under `None` waits for any tenant's events. A wake releases everyone parked for
+    the tenants named (and every `None` waiter); they read, then park again for the next.
+    """
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str | None, set[asyncio.Event]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_tenant.values())
+
+    def park(self, tenant_id: str | None) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._by_tenant.setdefault(tenant_id, set()).add(ev)
+        return ev
+
+    def leave(self, tenant_id: str | None, ev: asyncio.Event) -> None:
+        waiting = self._by_tenant.get(tenant_id)
+        if waiting is not None:
+            waiting.discard(ev)
+            if not waiting:
+                del self._by_tenant[tenant_id]
+
+    def wake(self, tenant_ids: Iterable[str]) -> None:
+        any_woken = False
+        for tenant_id in tenant_ids:
+            any_woken = True
+            for ev in self._by_tenant.pop(tenant_id, ()):
+                ev.set()
+        if any_woken:
+            for ev in self._by_tenant.pop(None, ()):
+                ev.set()
+
+    def wake_all(self) -> None:
+        for waiting in self._by_tenant.values():
+            for ev in waiting:
+                ev.set()
+        self._by_tenant.clear()

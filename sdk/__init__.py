@@ -1,10 +1,10 @@
-"""The client side of the Job Orchestrator: submit jobs, run workers, over signed HTTP.
+"""The client side of the Job Orchestrator: submit jobs, run workers, follow events, over signed HTTP.
 
 Usable without the server packages: it needs only `core` (wire types, signing), aiohttp and
 msgspec.
 """
 
-from core.wire import AckComplete, AckFail, Job, JobSubmit, LeasedJob
+from core.wire import AckComplete, AckFail, Consumer, Event, EventPage, Job, JobSubmit, LeasedJob, Webhook
 
 from ._errors import (
     ApiError,
@@ -15,12 +15,16 @@ from ._errors import (
     NotFound,
     Retry,
     SdkError,
+    Snooze,
     TransportError,
     Unauthorized,
     Unavailable,
 )
+from ._events import ConsumerClient, EventsClient, Gone, verify_webhook
+from ._outcome import Handler, Outcome, current_job
 from ._producer import ProducerClient
-from ._runner import Handler, WorkerRunner
+from ._runner import WorkerRunner
+from ._sync import SyncProducerClient
 from ._worker import WorkerClient
 
 __all__ = [
@@ -29,19 +33,31 @@ __all__ = [
     "ApiError",
     "Cancel",
     "Conflict",
+    "Consumer",
+    "ConsumerClient",
+    "Event",
+    "EventPage",
+    "EventsClient",
     "Forbidden",
+    "Gone",
     "Handler",
     "InvalidRequest",
     "Job",
     "JobSubmit",
     "LeasedJob",
     "NotFound",
+    "Outcome",
     "ProducerClient",
     "Retry",
     "SdkError",
+    "Snooze",
+    "SyncProducerClient",
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "Webhook",
     "WorkerClient",
     "WorkerRunner",
+    "current_job",
+    "verify_webhook",
 ]

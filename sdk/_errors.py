@@ -80,3 +80,14 @@ class Cancel(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class Snooze(Exception):
+    """Raised by a handler: run this job again after `delay_ms`, without counting the attempt."""
+
+    def __init__(self, delay_ms: int, reason: str = "") -> None:
+        if delay_ms < 0:
+            raise ValueError("delay_ms must not be negative")
+        self.delay_ms = delay_ms
+        self.reason = reason or f"snoozed for {delay_ms} ms"
+        super().__init__(self.reason)

@@ -50,13 +50,25 @@ def body_of(request: msgspec.Struct) -> bytes:
     return _encoder.encode(_without_none(request))
 
 
+def _false_by_default(cls: type[msgspec.Struct]) -> frozenset[str]:
+    return frozenset(f.name for f in msgspec.structs.fields(cls) if f.default is False)
+
+
+_FALSE_BY_DEFAULT: dict[type[msgspec.Struct], frozenset[str]] = {}
+
+
 def _without_none(value: Any) -> Any:
     # Only structs and lists of structs are walked: payloads and results go out untouched.
     if isinstance(value, msgspec.Struct):
+        cls = type(value)
+        # A flag left at False is left out too, so older servers never see fields they lack.
+        flags = _FALSE_BY_DEFAULT.get(cls)
+        if flags is None:
+            flags = _FALSE_BY_DEFAULT[cls] = _false_by_default(cls)
         return {
             name: _without_none(v)
             for name in value.__struct_fields__
-            if (v := getattr(value, name)) is not None and v is not msgspec.UNSET
+            if (v := getattr(value, name)) is not None and v is not msgspec.UNSET and not (v is False and name in flags)
         }
     if isinstance(value, list) and value and isinstance(value[0], msgspec.Struct):
         return [_without_none(v) for v in value]

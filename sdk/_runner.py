@@ -1,83 +1,125 @@
-"""Runs a handler over leased jobs: long-poll, heartbeat, complete or fail, stop gracefully."""
+"""Runs handlers over leased jobs: long-poll, dispatch by kind, heartbeat, batched
+acknowledgements, graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
+import contextlib
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import msgspec
+from core.wire import LeasedJob
 
-from core.wire import Job, LeasedJob
-
+from ._acks import AckBatcher
 from ._backoff import backoff_s
-from ._errors import ApiError, Cancel, Conflict, Forbidden, NotFound, Retry, SdkError, Unauthorized, is_transient
+from ._errors import ApiError, Conflict, Forbidden, NotFound, SdkError, Unauthorized, is_transient
+from ._outcome import Handler, HandlerT, Outcome, interrupted, is_async, resolve, run_job
 from ._worker import WorkerClient
 
 log = logging.getLogger("orchestrator.sdk")
 
-Handler = Callable[[dict[str, Any]], Any]
-"""`handler(payload) -> result`: a coroutine function, or a plain function run in a thread."""
+MAX_LEASE_BATCH = 100  # the server's limit for max_jobs
+ABORT_FLUSH_TIMEOUT_S = 2.0
+CLOSE_FLUSH_TIMEOUT_S = 30.0
 
-REPORT_ATTEMPTS = 5
-MAX_ERROR_CHARS = 65_536  # the server's limit for `error`
-
-_encoder = msgspec.json.Encoder()
+Interrupt = Literal["cancel_requested", "shutdown"]
 
 
-def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
-
-
-def _clip(text: str) -> str:
-    # The end of a traceback says the most.
-    return text if len(text) <= MAX_ERROR_CHARS else "…" + text[-(MAX_ERROR_CHARS - 1) :]
+@dataclass(eq=False)
+class _Running:
+    job: LeasedJob
+    work: asyncio.Future[Outcome] | None = None
+    interrupt: Interrupt | None = None
 
 
 class WorkerRunner:
-    """Leases jobs through `client` and runs `handler(job.payload)` on each, up to `concurrency`
-    at a time.
+    """Leases jobs through `client` and runs a handler on each, up to `concurrency` at a time.
+
+    The handler is chosen by the job's `kind`: one registered with `@runner.handler(kind)` or
+    `runner.register(kind, fn)` (or passed as `handlers={kind: fn}`), else the default `handler`.
+    A job of a kind nobody handles fails as retryable. Coroutine functions run on the event loop;
+    plain functions in a thread pool of `concurrency` threads.
 
     The handler's return value is the job's result. An exception fails the attempt as retryable
-    with its traceback; raise `Retry(delay_ms)` to choose the delay, or `Cancel(reason)` to make
-    the job `dead` at once. While a job runs its lease is extended every `lease_seconds / 3`; when
-    the job's cancellation is requested, an async handler is cancelled and the job failed for good.
+    with its traceback; raise `Retry(delay_ms)` to choose the delay, `Snooze(delay_ms)` to run it
+    again later without counting the attempt, or `Cancel(reason)` to make the job `dead` at once.
+    While a job runs its lease is extended every `lease_seconds / 3`; when the job's cancellation
+    is requested, an async handler is cancelled and the job ends `cancelled`.
 
-    `stop()` makes `run()` return promptly, after the jobs already running have finished.
-    Cancelling the `run()` task instead abandons running jobs: their leases expire and they run
-    again elsewhere.
+    Outcomes are sent in batches through `POST /v1/workers/ack`: as soon as `ack_batch_size` are
+    waiting (default: `concurrency`), or `ack_flush_ms` after the first.
+
+    `stop()` stops leasing at once; `run()` then waits up to `shutdown_timeout_s` for running
+    handlers, fails those still running as retryable ("worker shutting down"), sends every
+    outcome and returns. Cancelling the `run()` task instead abandons running jobs: their leases
+    expire and they run again elsewhere.
     """
 
     def __init__(
         self,
         client: WorkerClient,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
+        handlers: Mapping[str, Handler] | None = None,
         concurrency: int = 1,
         wait_ms: int = 30_000,
         lease_seconds: int = 30,
+        shutdown_timeout_s: float = 30.0,
+        ack_batch_size: int | None = None,
+        ack_flush_ms: float = 5.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if shutdown_timeout_s < 0:
+            raise ValueError("shutdown_timeout_s must not be negative")
         self.client = client
-        self.handler = handler
+        self.default_handler = handler
+        self.handlers: dict[str, Handler] = dict(handlers or {})
         self.concurrency = concurrency
         self.wait_ms = wait_ms
         self.lease_seconds = lease_seconds
-        self._async_handler = _is_async(handler)
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.ack_batch_size = ack_batch_size or min(concurrency, 1000)
+        self.ack_flush_ms = ack_flush_ms
         self._name = client.worker_id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._stop_requested = False
         self._fatal: ApiError | None = None
+        self._fatal_seen: asyncio.Event | None = None
+        self._running: dict[asyncio.Task[None], _Running] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._acks: AckBatcher | None = None
+
+    # --- handlers --------------------------------------------------------------------------
+
+    def register(self, kind: str, fn: HandlerT) -> HandlerT:
+        """Run `fn` for jobs of `kind`."""
+        self.handlers[kind] = fn
+        return fn
+
+    def handler(self, kind: str) -> Callable[[HandlerT], HandlerT]:
+        """Decorator: `@runner.handler("email")` runs the function for jobs of kind "email"."""
+
+        def decorate(fn: HandlerT) -> HandlerT:
+            return self.register(kind, fn)
+
+        return decorate
+
+    @property
+    def running(self) -> int:
+        """Jobs whose handler is running now."""
+        return len(self._running)
+
+    # --- life cycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop leasing at once and let `run()` return once running jobs are done. Safe to call
-        from another thread or a signal handler, and before `run()` has started."""
+        """Stop leasing at once; `run()` returns once running jobs are done (or failed after
+        `shutdown_timeout_s`). Safe to call from another thread or a signal handler, and before
+        `run()` has started."""
         self._stop_requested = True
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -96,9 +138,11 @@ class WorkerRunner:
             self._stopping.set()
 
     def _give_up(self, exc: ApiError) -> None:
-        """A credential error seen by a job task: `run()` stops and raises it."""
+        """A credential error seen by a job task or the ack sender: `run()` stops and raises it."""
         if self._fatal is None:
             self._fatal = exc
+        if self._fatal_seen is not None:
+            self._fatal_seen.set()
         self._wake()
 
     async def run(self) -> None:
@@ -108,46 +152,131 @@ class WorkerRunner:
             raise RuntimeError("this runner is already running")
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._fatal_seen = asyncio.Event()
         if self._stop_requested:
             self._stopping.set()
+        self._executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"orch-{self._name}")
+        self._acks = AckBatcher(
+            self.client,
+            batch_size=self.ack_batch_size,
+            flush_s=self.ack_flush_ms / 1000,
+            on_fatal=self._give_up,
+            name=self._name,
+        )
+        self._acks.start()
         stop_signal = asyncio.ensure_future(self._stopping.wait())
-        running: set[asyncio.Task[None]] = set()
-        failures = 0
         try:
-            while not self._stopping.is_set():
-                room = self.concurrency - len(running)
-                if room <= 0:
-                    await asyncio.wait({stop_signal, *running}, return_when=asyncio.FIRST_COMPLETED)
-                    continue
-                try:
-                    jobs = await self._lease(room, stop_signal)
-                except SdkError as exc:
-                    if not is_transient(exc):
-                        raise
-                    failures += 1
-                    delay = backoff_s(failures, exc)
-                    log.warning("worker %s: lease failed (%s); retrying in %.2f s", self._name, exc, delay)
-                    await asyncio.wait({stop_signal}, timeout=delay)
-                    continue
-                failures = 0
-                for job in jobs:
-                    task = asyncio.create_task(self._execute(job), name=f"orchestrator-job-{job.id}")
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-        except asyncio.CancelledError:
-            for task in running:
-                task.cancel()
-            raise
+            try:
+                await self._lease_loop(stop_signal)
+            except asyncio.CancelledError:
+                await self._abandon()
+                raise
+            except Exception:
+                await self._drain()
+                raise
+            await self._drain()
         finally:
             stop_signal.cancel()
-            if running:
-                await asyncio.wait(set(running))
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+            self._acks = None
+            self._fatal_seen = None
             self._loop = None
             self._stopping = None
             self._stop_requested = False
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
             raise fatal
+
+    async def _lease_loop(self, stop_signal: asyncio.Future[Any]) -> None:
+        assert self._stopping is not None
+        failures = 0
+        while not self._stopping.is_set():
+            room = self.concurrency - len(self._running)
+            if room <= 0:
+                await asyncio.wait({stop_signal, *self._running}, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                jobs = await self._lease(min(room, MAX_LEASE_BATCH), stop_signal)
+            except (Unauthorized, Forbidden) as exc:
+                self._give_up(exc)
+                return
+            except SdkError as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                delay = backoff_s(failures, exc)
+                log.warning("worker %s: lease failed (%s); retrying in %.2f s", self._name, exc, delay)
+                await asyncio.wait({stop_signal}, timeout=delay)
+                continue
+            failures = 0
+            for job in jobs:
+                state = _Running(job)
+                task = asyncio.create_task(self._execute(state), name=f"orchestrator-job-{job.id}")
+                self._running[task] = state
+                task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._running.pop(task, None)
+
+    async def _drain(self) -> None:
+        """Let running handlers finish up to the deadline, interrupt the rest, send every outcome."""
+        assert self._acks is not None
+        assert self._fatal_seen is not None
+        if self._fatal is None and self._running:
+            log.info(
+                "worker %s: stopping; waiting up to %.1f s for %d running jobs",
+                self._name,
+                self.shutdown_timeout_s,
+                len(self._running),
+            )
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.shutdown_timeout_s
+            fatal = asyncio.ensure_future(self._fatal_seen.wait())
+            try:
+                while self._running and self._fatal is None and (left := deadline - loop.time()) > 0:
+                    await asyncio.wait({fatal, *self._running}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                fatal.cancel()
+            if self._running and self._fatal is None:
+                log.warning(
+                    "worker %s: %d jobs still running after %.1f s; failing them as retryable",
+                    self._name,
+                    len(self._running),
+                    self.shutdown_timeout_s,
+                )
+                for state in self._running.values():
+                    self._interrupt(state, "shutdown")
+                await asyncio.wait(set(self._running))
+        if self._fatal is not None:
+            await self._abandon()
+            return
+        try:
+            await asyncio.wait_for(self._acks.close(), CLOSE_FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            log.error("worker %s: could not report every outcome within %.0f s", self._name, CLOSE_FLUSH_TIMEOUT_S)
+
+    async def _abandon(self) -> None:
+        """Cancel everything without reporting the jobs that run; send what already finished, briefly."""
+        assert self._acks is not None
+        tasks = set(self._running)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        try:
+            if self._fatal is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acks.close(), ABORT_FLUSH_TIMEOUT_S)
+        finally:
+            await self._acks.abort()
+
+    def _interrupt(self, state: _Running, reason: Interrupt) -> None:
+        if state.work is None:
+            state.interrupt = reason  # not started yet: it will not start
+        elif not state.work.done():
+            state.interrupt = reason
+            state.work.cancel()
 
     async def _lease(self, room: int, stop_signal: asyncio.Future[Any]) -> list[LeasedJob]:
         lease = asyncio.ensure_future(
@@ -163,53 +292,44 @@ class WorkerRunner:
                 await asyncio.wait({lease})
         return [] if lease.cancelled() else lease.result()
 
-    async def _call(self, payload: dict[str, Any]) -> Any:
-        if self._async_handler:
-            return await self.handler(payload)
-        result = await asyncio.to_thread(self.handler, payload)
-        return await result if inspect.isawaitable(result) else result
+    # --- one job ---------------------------------------------------------------------------
 
-    async def _execute(self, job: LeasedJob) -> None:
+    async def _execute(self, state: _Running) -> None:
+        job = state.job
         try:
-            report = await self._run_handler(job)
-            await self._report(job, report)
+            outcome = await self._run_handler(state)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("worker %s: job %s: unexpected error in the runner", self._name, job.id)
+            return
+        if self._acks is not None:
+            self._acks.add(job, outcome)
 
-    async def _run_handler(self, job: LeasedJob) -> Callable[[], Awaitable[Job]]:
-        """Run the handler; returns the call that reports its outcome."""
-        c = self.client
-        work = asyncio.ensure_future(self._call(job.payload))
-        beat = asyncio.ensure_future(self._keep_alive(job, work))
+    async def _run_handler(self, state: _Running) -> Outcome:
+        job = state.job
+        if state.interrupt is not None:
+            return interrupted(state.interrupt)
+        handler = resolve(job.kind, self.handlers, self.default_handler)
+        if handler is None:
+            log.error("worker %s: job %s: no handler for kind %r", self._name, job.id, job.kind)
+        work = state.work = asyncio.ensure_future(run_job(handler, job, self._executor))
+        # A cancellation request can stop a coroutine; a thread cannot be stopped and runs on.
+        beat = asyncio.ensure_future(self._keep_alive(state, handler is not None and is_async(handler)))
         try:
-            result = await work
-            encoded = msgspec.Raw(_encoder.encode(result))
+            return await work
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            asked = beat.done() and not beat.cancelled() and beat.result()
-            if not asked or (current is not None and current.cancelling()):
-                raise
-            return functools.partial(
-                c.fail, job.id, job.lease_token, "cancelled: cancellation was requested", retryable=False
-            )
-        except Retry as r:
-            return functools.partial(
-                c.fail, job.id, job.lease_token, _clip(r.reason), retryable=True, retry_in_ms=r.delay_ms
-            )
-        except Cancel as e:
-            return functools.partial(c.fail, job.id, job.lease_token, _clip(e.reason), retryable=False)
-        except Exception:
-            return functools.partial(c.fail, job.id, job.lease_token, _clip(traceback.format_exc()), retryable=True)
+            if current is not None and current.cancelling():
+                raise  # the runner itself is being cancelled: abandon the job
+            return interrupted(state.interrupt or "unexpected")
         finally:
             beat.cancel()
             await asyncio.wait({beat})
-        return functools.partial(c.complete, job.id, job.lease_token, encoded)
 
-    async def _keep_alive(self, job: LeasedJob, work: asyncio.Future[Any]) -> bool:
-        """Heartbeat until cancelled. Returns True after cancelling `work` because the job's
-        cancellation was requested; False when the lease is gone."""
+    async def _keep_alive(self, state: _Running, interruptible: bool) -> None:
+        """Heartbeat until cancelled; interrupt the handler when the job's cancellation is requested."""
+        job = state.job
         interval = self.lease_seconds / 3
         failures = 0
         while True:
@@ -218,45 +338,19 @@ class WorkerRunner:
                 beat = await self.client.heartbeat(job.id, job.lease_token, extend_seconds=self.lease_seconds)
             except (Conflict, NotFound) as exc:
                 log.warning("worker %s: job %s: lease lost (%s)", self._name, job.id, exc.detail)
-                return False
+                return
             except (Unauthorized, Forbidden) as exc:
                 self._give_up(exc)
-                return False
+                return
             except SdkError as exc:
                 if not is_transient(exc):
                     log.error("worker %s: job %s: heartbeat refused: %s", self._name, job.id, exc)
-                    return False
+                    return
                 failures += 1
                 log.warning("worker %s: job %s: heartbeat failed (%s)", self._name, job.id, exc)
                 continue
             failures = 0
-            if beat.cancel_requested and self._async_handler:
+            if beat.cancel_requested and interruptible:
                 log.info("worker %s: job %s: cancellation requested; stopping the handler", self._name, job.id)
-                work.cancel()
-                return True
-
-    async def _report(self, job: LeasedJob, send: Callable[[], Awaitable[Job]]) -> None:
-        """Send the outcome; complete and fail are safe to repeat, so transient errors are retried."""
-        for attempt in range(1, REPORT_ATTEMPTS + 1):
-            try:
-                await send()
+                self._interrupt(state, "cancel_requested")
                 return
-            except Conflict as exc:
-                log.warning("worker %s: job %s: lease lost, outcome refused (%s)", self._name, job.id, exc.detail)
-                return
-            except (Unauthorized, Forbidden) as exc:
-                self._give_up(exc)
-                return
-            except SdkError as exc:
-                if not is_transient(exc):
-                    log.error("worker %s: job %s: outcome refused: %s", self._name, job.id, exc)
-                    return
-                if attempt == REPORT_ATTEMPTS:
-                    log.error(
-                        "worker %s: job %s: could not report its outcome (%s); it runs again once its lease expires",
-                        self._name,
-                        job.id,
-                        exc,
-                    )
-                    return
-                await asyncio.sleep(backoff_s(attempt, exc))

@@ -88,11 +88,20 @@ class WorkerClient:
         return await self._http.request("POST", job_path(job_id, "complete"), _job, body=body)
 
     async def fail(
-        self, job_id: str, lease_token: int, error: str, retryable: bool = True, retry_in_ms: int | None = None
+        self,
+        job_id: str,
+        lease_token: int,
+        error: str,
+        retryable: bool = True,
+        retry_in_ms: int | None = None,
+        *,
+        snooze: bool = False,
     ) -> Job:
         """Fail this attempt: the job is scheduled for a retry, or `dead` when not retryable or out
-        of attempts."""
-        body = body_of(Fail(lease_token=lease_token, error=error, retryable=retryable, retry_in_ms=retry_in_ms))
+        of attempts. With `snooze`, it is scheduled after `retry_in_ms` and the attempt does not count."""
+        body = body_of(
+            Fail(lease_token=lease_token, error=error, retryable=retryable, retry_in_ms=retry_in_ms, snooze=snooze)
+        )
         return await self._http.request("POST", job_path(job_id, "fail"), _job, body=body)
 
     async def ack(self, complete: Sequence[AckComplete] = (), fail: Sequence[AckFail] = ()) -> AckResponse:

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
 import uvicorn
+from multidict import CIMultiDict
 
 from core import Settings, signing
 from gateway import create_app
@@ -49,7 +50,7 @@ async def eventually(check: Callable[[], Awaitable[T | None]], *, timeout: float
 class Reply:
     status: int
     body: Any
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     raw: bytes
 
 
@@ -64,13 +65,13 @@ class Api:
     async def close(self) -> None:
         await self.session.close()
 
-    async def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> Reply:
+    async def _send(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         data = io.BytesIO(body) if len(body) > 65536 else (body or None)
         async with self.session.request(method, self.url + path, data=data, headers=headers) as r:
             raw = await r.read()
             ctype = r.headers.get("content-type", "")
             parsed = msgspec.json.decode(raw) if raw and "json" in ctype else raw
-            return Reply(r.status, parsed, dict(r.headers), raw)
+            return Reply(r.status, parsed, CIMultiDict(r.headers), raw)
 
     async def admin(self, method: str, path: str, json: Any = None, *, token: str | None = None) -> Reply:
         body = b"" if json is None else msgspec.json.encode(json)
@@ -109,6 +110,13 @@ class Api:
             headers.pop(drop)
         headers["Content-Type"] = "application/json"
         return await self._send(method, path, raw, headers)
+
+    async def signed_with_headers(
+        self, key: str, method: str, path: str, json: Any, headers: Mapping[str, str]
+    ) -> Reply:
+        raw = msgspec.json.encode(json)
+        signed = {**signing.sign_headers(key, method, path, raw), **headers, "Content-Type": "application/json"}
+        return await self._send(method, path, raw, signed)
 
     async def tenant(self, tenant_id: str, **fields: Any) -> str:
         """Create a tenant; returns its API key."""

@@ -70,6 +70,34 @@ async def test_shares_follow_weights(api: Api, database_url: str) -> None:
         assert abs(share - want) <= 0.05, (tenant, share, want)
 
 
+async def test_newcomers_join_at_the_leaders_pace(api: Api, database_url: str) -> None:
+    early = await api.tenant("early")
+    await _submit_many(api, early, 2000)
+    worker = await api.worker_key()
+    stop = asyncio.Event()
+    loops = [asyncio.create_task(_drain_loop(api, worker, stop, worker=f"w{i}")) for i in range(4)]
+
+    async def started(n: int) -> bool:
+        return bool(await fetchval(database_url, "SELECT count(*) >= $1 FROM events WHERE type = 'job.started'", n))
+
+    try:
+        await eventually(lambda: started(400), timeout=60, every=0.1)
+        mark = await fetchval(database_url, "SELECT max(id) FROM events")
+        for tenant in ("late-1", "late-2"):
+            await _submit_many(api, await api.tenant(tenant), 1000)
+        await eventually(lambda: started(400 + 600), timeout=60, every=0.1)
+    finally:
+        stop.set()
+        await asyncio.gather(*loops)
+    rows = await fetch(
+        database_url, "SELECT tenant_id FROM events WHERE type = 'job.started' AND id > $1 ORDER BY id LIMIT 600", mark
+    )
+    shares = Counter(r["tenant_id"] for r in rows)
+    print("after the newcomers arrived:", {t: round(n / len(rows), 3) for t, n in shares.items()})
+    # the early tenant keeps its third; the newcomers got a small head start, not the whole pool
+    assert abs(shares["early"] / len(rows) - 1 / 3) <= 0.06, shares
+
+
 async def test_a_noisy_neighbour_does_not_starve_a_small_tenant(api: Api, database_url: str) -> None:
     noisy = await api.tenant("noisy")
     quiet = await api.tenant("quiet")

@@ -80,7 +80,7 @@ async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> Non
 async def test_complete_fail_heartbeat_and_reap_use_their_indexes(conn: Any) -> None:
     ids, tokens = [1, 51, 101], [1, 51, 101]
     assert "jobs_pkey" in _indexes(await _plan(conn, sql("job_complete_many"), ids, tokens, [None] * 3, None))
-    fail_args = (ids, tokens, ["e"] * 3, [True] * 3, [None] * 3, [0.5] * 3, 1000, 60000, None)
+    fail_args = (ids, tokens, ["e"] * 3, [True] * 3, [None] * 3, [0.5] * 3, 1000, 60000, None, [False] * 3)
     assert "jobs_pkey" in _indexes(await _plan(conn, sql("job_fail_many"), *fail_args))
     # a tenant's heartbeat may find its job by (tenant, state, id) just as directly as by id
     assert _indexes(await _plan(conn, sql("job_heartbeat"), 1, 1, 30, "t1")) & {"jobs_pkey", "jobs_tenant_state_recent"}

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from core import JobState
-from core.wire import HeartbeatResponse
+from core.wire import AckResponse, HeartbeatResponse
 from sdk import (
     AckComplete,
+    AckFail,
+    ApiError,
     Cancel,
     Conflict,
     InvalidRequest,
@@ -24,13 +28,19 @@ from sdk import (
     NotFound,
     ProducerClient,
     Retry,
+    Snooze,
+    SyncProducerClient,
     TransportError,
     Unauthorized,
     WorkerClient,
     WorkerRunner,
+    current_job,
 )
+from sdk._acks import AckBatcher
+from sdk._http import body_of
+from sdk._outcome import completed
 
-from .support import Api, InProcessGateway, eventually, free_port
+from .support import Api, InProcessGateway, eventually, fetch, free_port
 
 
 @pytest.fixture
@@ -407,3 +417,326 @@ async def test_the_readme_example_runs(api: Api, tenant_a: str, capsys: pytest.C
     exec(compile(code, "README.md", "exec"), namespace)
     await asyncio.wait_for(namespace["main"](api.url, tenant_a), 30)
     assert capsys.readouterr().out == "succeeded {'greeting': 'hello world'}\n"
+
+
+# --- dispatch, snooze, batched acks, shutdown -----------------------------------------------
+
+
+async def run_until(runner: WorkerRunner, condition: Callable[[], Awaitable[Any]], timeout: float = 20) -> Any:
+    """Run `runner` until `condition` holds, then stop it and wait for `run()` to return."""
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def check() -> Any:
+            if task.done():
+                task.result()
+                raise AssertionError("the runner stopped early")
+            return await condition()
+
+        return await eventually(check, timeout=timeout)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.timeout(60)
+async def test_snooze_runs_again_without_counting_an_attempt(
+    api: Api, tenant_a: str, producer: ProducerClient, database_url: str
+) -> None:
+    job = await producer.submit({}, max_attempts=1)
+    calls = 0
+
+    async def handler(payload: dict[str, Any]) -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Snooze(20, reason=f"not yet ({calls})")
+        return "ok"
+
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        done = await run_until(WorkerRunner(client, handler), lambda: all_in(producer, [job], JobState.SUCCEEDED))
+    assert (done[0].attempts, done[0].result, calls) == (1, "ok", 3)
+    events = await fetch(database_url, "SELECT type, data FROM events WHERE job_id = $1 ORDER BY id", int(job.id))
+    snoozes = [e["data"] for e in events if e["type"] == "job.retry_scheduled"]
+    assert [(s["reason"], s["error"], s["attempt"]) for s in snoozes] == [
+        ("snoozed", "not yet (1)", 0),
+        ("snoozed", "not yet (2)", 0),
+    ]
+
+
+@pytest.mark.timeout(60)
+async def test_snooze_through_the_worker_client(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    first, second = await producer.submit_many([JobSubmit(payload={"n": n}) for n in range(2)])
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        leased = {j.id: j for j in await client.lease(max_jobs=2, wait_ms=0)}
+        assert leased[first.id].attempts == 1
+        snoozed = await client.fail(first.id, leased[first.id].lease_token, "later", retry_in_ms=60_000, snooze=True)
+        assert (snoozed.state, snoozed.attempts, snoozed.last_error) == (JobState.SCHEDULED, 0, "later")
+        assert snoozed.run_at > snoozed.created_at
+
+        await producer.cancel(second.id)  # running: marked for cancellation, which wins over a snooze
+        ended = await client.fail(second.id, leased[second.id].lease_token, "later", retry_in_ms=0, snooze=True)
+        assert ended.state is JobState.CANCELLED
+
+
+@pytest.mark.timeout(60)
+async def test_jobs_are_dispatched_by_kind(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    jobs = await producer.submit_many(
+        [JobSubmit(payload={"n": n}, kind=kind, max_attempts=1) for n, kind in enumerate(["", "a", "b", "other"])]
+    )
+
+    async def default(payload: dict[str, Any]) -> str:
+        return f"default {current_job().kind!r}"
+
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        runner = WorkerRunner(client, default, concurrency=4)
+
+        @runner.handler("a")
+        async def handle_a(payload: dict[str, Any]) -> str:
+            return f"a {payload['n']}"
+
+        def handle_b(payload: dict[str, Any]) -> str:
+            return f"b {payload['n']} attempt {current_job().attempts}"  # a sync handler sees its job too
+
+        assert runner.register("b", handle_b) is handle_b
+        done = await run_until(runner, lambda: all_in(producer, jobs, JobState.SUCCEEDED))
+    assert [j.result for j in done] == ["default ''", "a 1", "b 2 attempt 1", "default 'other'"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_kind_without_a_handler_fails_as_retryable(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    job = await producer.submit({}, kind="unknown", max_attempts=1)
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        runner = WorkerRunner(client, handlers={"known": lambda payload: None})
+        done = await run_until(runner, lambda: all_in(producer, [job], JobState.DEAD))
+    assert done[0].last_error == "no handler for job kind 'unknown'"
+
+
+class AckCountingClient(WorkerClient):
+    """Counts outcome calls, and fails the first `ack_failures` acks as if the gateway were down."""
+
+    def __init__(self, *args: Any, ack_failures: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ack_sizes: list[int] = []
+        self.single_calls = 0
+        self.ack_failures = ack_failures
+
+    async def ack(self, complete: Sequence[AckComplete] = (), fail: Sequence[AckFail] = ()) -> AckResponse:
+        if self.ack_failures:
+            self.ack_failures -= 1
+            raise TransportError("the gateway is unreachable (simulated)")
+        resp = await super().ack(complete, fail)
+        self.ack_sizes.append(len(complete) + len(fail))
+        return resp
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Job:
+        self.single_calls += 1
+        return await super().complete(*args, **kwargs)
+
+    async def fail(self, *args: Any, **kwargs: Any) -> Job:
+        self.single_calls += 1
+        return await super().fail(*args, **kwargs)
+
+
+@pytest.mark.timeout(60)
+async def test_outcomes_are_acknowledged_in_batches(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    jobs = await producer.submit_many([JobSubmit(payload={"n": n}, max_attempts=1) for n in range(60)])
+
+    async def handler(payload: dict[str, Any]) -> int:
+        if payload["n"] % 10 == 9:
+            raise Cancel("tenth")
+        return int(payload["n"])
+
+    async with AckCountingClient(api.url, worker_id="w1", api_key=tenant_a, ack_failures=2) as client:
+        runner = WorkerRunner(client, handler, concurrency=20, ack_flush_ms=20)
+        done = await run_until(runner, lambda: all_in(producer, jobs, JobState.SUCCEEDED, JobState.DEAD))
+    assert [j.state for j in done] == [JobState.DEAD if n % 10 == 9 else JobState.SUCCEEDED for n in range(60)]
+    assert [j.result for j in done if j.state is JobState.SUCCEEDED] == [n for n in range(60) if n % 10 != 9]
+    assert client.single_calls == 0  # every outcome went through /v1/workers/ack
+    assert sum(client.ack_sizes) == 60  # the two simulated outages lost nothing
+    assert max(client.ack_sizes) > 1
+    assert len(client.ack_sizes) < 60
+
+
+@pytest.mark.timeout(60)
+async def test_ack_results_are_judged_per_item(
+    api: Api, tenant_a: str, producer: ProducerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    jobs = await producer.submit_many([JobSubmit(payload={"n": n}) for n in range(2)])
+    fatal: list[ApiError] = []
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        good, stale = sorted(await client.lease(max_jobs=2, wait_ms=0), key=lambda j: j.payload["n"])
+        missing = msgspec.structs.replace(good, id="987654321")
+        acks = AckBatcher(client, batch_size=10, flush_s=0.005, on_fatal=fatal.append, name="w1")
+        acks.start()
+        acks.add(good, completed("fine"))
+        acks.add(msgspec.structs.replace(stale, lease_token=stale.lease_token + 1), completed("late"))
+        acks.add(missing, completed("nobody"))
+        with caplog.at_level(logging.WARNING, logger="orchestrator.sdk"):
+            await asyncio.wait_for(acks.close(), 10)
+    assert fatal == []
+    assert (acks.batches_sent, acks.items_sent) == (1, 3)
+    assert (await producer.get(jobs[0].id)).result == "fine"
+    assert (await producer.get(jobs[1].id)).state is JobState.RUNNING
+    assert f"job {stale.id}: lease lost" in caplog.text
+    assert "job 987654321: not found" in caplog.text
+
+
+def test_false_flags_are_left_out_of_request_bodies() -> None:
+    assert b"snooze" not in body_of(AckFail(id="1", lease_token=1, error="e"))
+    assert b'"snooze":true' in body_of(AckFail(id="1", lease_token=1, error="e", snooze=True))
+    assert b'"retryable":false' in body_of(AckFail(id="1", lease_token=1, error="e", retryable=False))
+
+
+@pytest.mark.timeout(60)
+async def test_stop_fails_what_outlives_the_shutdown_deadline(
+    api: Api, tenant_a: str, producer: ProducerClient
+) -> None:
+    quick, slow_async, slow_sync = await producer.submit_many(
+        [
+            JobSubmit(payload={"job": name}, kind=kind, max_attempts=3)
+            for name, kind in (("quick", ""), ("slow_async", ""), ("slow_sync", "sync"))
+        ]
+    )
+    started: set[str] = set()
+    release_quick = asyncio.Event()
+    release_thread = threading.Event()
+
+    async def all_started() -> bool:
+        return len(started) == 3
+
+    async def handler(payload: dict[str, Any]) -> str:
+        started.add(payload["job"])
+        if payload["job"] == "quick":
+            await release_quick.wait()
+        else:
+            await asyncio.Event().wait()
+        return "done"
+
+    def sync_handler(payload: dict[str, Any]) -> str:
+        started.add(payload["job"])
+        release_thread.wait(30)
+        return "too late"
+
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        runner = WorkerRunner(client, handler, concurrency=3, shutdown_timeout_s=0.5)
+        runner.register("sync", sync_handler)
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(all_started)
+            runner.stop()
+            await asyncio.sleep(0.1)
+            release_quick.set()  # finishes within the deadline
+            t0 = time.monotonic()
+            await asyncio.wait_for(task, 10)
+            assert time.monotonic() - t0 < 3
+        finally:
+            release_thread.set()
+            runner.stop()
+            await asyncio.wait_for(task, 10)
+    assert (await producer.get(quick.id)).state is JobState.SUCCEEDED
+    for job in (slow_async, slow_sync):
+        left = await producer.get(job.id)  # retryable at once, not stranded until its lease expires
+        assert left.state in (JobState.SCHEDULED, JobState.READY), left
+        assert (left.attempts, left.last_error) == (1, "worker shutting down"), left
+
+
+@pytest.mark.timeout(60)
+async def test_sync_handlers_run_in_a_pool_sized_to_the_concurrency(
+    api: Api, tenant_a: str, producer: ProducerClient
+) -> None:
+    jobs = await producer.submit_many([JobSubmit(payload={"n": n}) for n in range(12)])
+    lock = threading.Lock()
+    now = peak = 0
+    threads: set[str] = set()
+
+    def handler(payload: dict[str, Any]) -> None:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+            threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with lock:
+            now -= 1
+
+    async with WorkerClient(api.url, worker_id="pool", api_key=tenant_a) as client:
+        await run_until(
+            WorkerRunner(client, handler, concurrency=3), lambda: all_in(producer, jobs, JobState.SUCCEEDED)
+        )
+    assert peak == 3
+    assert len(threads) <= 3
+    assert all(name.startswith("orch-pool") for name in threads), threads
+
+
+@pytest.mark.timeout(60)
+async def test_a_revoked_key_stops_the_runner(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    await producer.submit({})
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        started.set()
+        await release.wait()
+
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        task = asyncio.create_task(WorkerRunner(client, handler, concurrency=2).run())
+        await asyncio.wait_for(started.wait(), 10)
+        r = await api.admin("DELETE", f"/v1/admin/keys/{tenant_a.split('.', 1)[0]}")
+        assert r.status in (200, 204), r.body
+        release.set()
+        with pytest.raises(Unauthorized):
+            await asyncio.wait_for(task, 10)
+
+
+@pytest.mark.timeout(60)
+async def test_sync_producer_client(api: Api, tenant_a: str) -> None:
+    def script() -> list[Job]:
+        with SyncProducerClient(api.url, api_key=tenant_a) as p:
+            first = p.submit({"n": 1}, delay_ms=60_000)
+            batch = p.submit_many([JobSubmit(payload={"n": 2}), JobSubmit(payload={"n": 3})])
+            page = p.list(limit=10)
+            assert [j.id for j in page.jobs] == [batch[1].id, batch[0].id, first.id]
+            cancelled = p.cancel(first.id)
+            replayed = p.retry(first.id)
+            with pytest.raises(NotFound):
+                p.get("9999999")
+            waited = p.wait(batch[0].id, timeout_s=0.2)  # nobody runs it: answered in its state
+            p.close()
+            with pytest.raises(RuntimeError):
+                p.get(first.id)
+        return [cancelled, replayed, waited]
+
+    cancelled, replayed, waited = await asyncio.to_thread(script)
+    assert cancelled.state is JobState.CANCELLED
+    assert replayed.state is JobState.READY
+    assert waited.state is JobState.READY
+
+
+@pytest.mark.timeout(60)
+async def test_the_handler_runs_inside_the_submits_trace(api: Api, tenant_a: str) -> None:
+    from opentelemetry import trace
+
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    r = await api.signed_with_headers(
+        tenant_a, "POST", "/v1/jobs", {"payload": {}}, {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+    )
+    assert r.status == 201
+    seen: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    client = WorkerClient(api.url, worker_id="w1", api_key=tenant_a)
+    runner = WorkerRunner(client, handler, wait_ms=200)
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def ran() -> bool:
+            return bool(seen)
+
+        await eventually(ran, timeout=10)
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, 10)
+        await client.close()
+    assert seen == [int(trace_id, 16)]

@@ -10,11 +10,11 @@ WITH input AS (
                 timeout_seconds, retry_base_ms, retry_cap_ms, ord)
 ), ins AS (
     INSERT INTO jobs (tenant_id, queue, kind, payload, priority, state, max_attempts, run_at,
-                      idempotency_key, timeout_seconds, retry_base_ms, retry_cap_ms)
+                      idempotency_key, timeout_seconds, retry_base_ms, retry_cap_ms, traceparent)
     SELECT $1, i.queue, i.kind, i.payload, i.priority,
            CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'ready' END::job_state,
            coalesce(i.max_attempts, p.max_attempts, $13), t.run_at, i.idempotency_key, i.timeout_seconds,
-           i.retry_base_ms, i.retry_cap_ms
+           i.retry_base_ms, i.retry_cap_ms, $14
       FROM input i
       CROSS JOIN LATERAL (SELECT coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond') AS run_at) t
       CROSS JOIN LATERAL orch_retry_policy($1, i.queue) p
@@ -53,7 +53,7 @@ SELECT * FROM jobs
 -- queues, are enabled, not paused there and below their in-flight cap, the least served first.
 -- Reads runnable_queues and tenants, never a scan of jobs; capped tenants count their running
 -- jobs through jobs_running_tenant (at most the cap's worth of entries).
-SELECT t.id, t.max_inflight, t.vpass
+SELECT t.id, t.max_inflight, t.vpass, max(t.vpass) OVER () AS lead_pass
   FROM tenants t
  WHERE t.id IN (SELECT r.tenant_id FROM runnable_queues r
                  WHERE r.queue = ANY($1::text[])
@@ -88,8 +88,9 @@ SELECT greatest(0, t.max_inflight - (SELECT count(*) FROM jobs r WHERE r.tenant_
 
 -- name: job_lease
 -- Bounded SKIP LOCKED pick inside the CTE: at most $3 rows per queue are ever locked. Paused
--- queues are left out. A shared lease ($6 = the lowest pass among candidates, else NULL) advances the
--- tenant's pass by jobs / weight, catching up a tenant that was idle to the others first.
+-- queues are left out. A shared lease advances the tenant's pass by jobs / weight, first lifting
+-- it to $6 (the leading pass less a small credit; NULL for pinned leases), so that a tenant that
+-- was idle or new joins near the others instead of monopolising the workers until it catches up.
 WITH picked AS (
     -- One ordered index scan per queue (a list of queues cannot be read in priority order by
     -- one scan), each locking at most $3 rows, then the best $3 of them.
@@ -144,7 +145,7 @@ WITH input AS (
     UPDATE jobs j
        SET state = 'succeeded', finished_at = now(), result = i.result, lease_expires_at = NULL
       FROM input i
-     WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'running'
+     WHERE j.id = i.id AND j.id = ANY($1::bigint[]) AND j.lease_token = i.token AND j.state = 'running'
        AND ($4::text IS NULL OR j.tenant_id = $4)
     RETURNING j.*
 ), ev AS (
@@ -162,12 +163,14 @@ SELECT false AS changed, j.* FROM jobs j
 -- A failure retries after the backoff (or the worker's retry_in_ms; the job's own backoff, then its
 -- tenant's policy, then the deployment default $7/$8), or ends the job: dead when
 -- attempts are used up or it is not retryable, cancelled when cancellation was requested.
+-- A snooze ($10) re-schedules after retry_in_ms and gives the attempt back.
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[], $6::float8[])
-           AS i(id, token, error, retryable, retry_in_ms, jitter)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bool[], $5::bigint[], $6::float8[], $10::bool[])
+           AS i(id, token, error, retryable, retry_in_ms, jitter, snooze)
 ), decided AS (
-    SELECT j.id, i.error,
+    SELECT j.id, i.error, i.snooze,
            CASE WHEN j.cancel_requested THEN 'cancelled'
+                WHEN i.snooze THEN 'scheduled'
                 WHEN i.retryable AND j.attempts < j.max_attempts THEN 'scheduled'
                 ELSE 'dead' END::job_state AS new_state,
            now() + coalesce(i.retry_in_ms,
@@ -176,7 +179,8 @@ WITH input AS (
                    * interval '1 millisecond' AS retry_at
       FROM jobs j JOIN input i ON i.id = j.id
       CROSS JOIN LATERAL orch_retry_policy(j.tenant_id, j.queue) p
-     WHERE j.lease_token = i.token AND j.state = 'running' AND ($9::text IS NULL OR j.tenant_id = $9)
+     WHERE j.id = ANY($1::bigint[]) AND j.lease_token = i.token AND j.state = 'running'
+       AND ($9::text IS NULL OR j.tenant_id = $9)
        FOR UPDATE OF j
 ), upd AS (
     UPDATE jobs j
@@ -184,6 +188,8 @@ WITH input AS (
            run_at = CASE WHEN d.new_state = 'scheduled' THEN d.retry_at ELSE j.run_at END,
            finished_at = CASE WHEN d.new_state = 'scheduled' THEN NULL ELSE now() END,
            last_error = d.error,
+           attempts = CASE WHEN d.snooze AND d.new_state = 'scheduled' THEN greatest(j.attempts - 1, 0)
+                           ELSE j.attempts END,
            lease_expires_at = NULL
       FROM decided d
      WHERE j.id = d.id
@@ -193,7 +199,9 @@ WITH input AS (
     SELECT tenant_id, id, queue,
            CASE state WHEN 'scheduled' THEN 'job.retry_scheduled' WHEN 'dead' THEN 'job.dead'
                       ELSE 'job.cancelled' END,
-           jsonb_build_object('attempt', attempts, 'error', left(last_error, 2000), 'reason', 'failed')
+           jsonb_build_object('attempt', attempts, 'error', left(last_error, 2000), 'reason',
+                              CASE WHEN state = 'scheduled' AND id IN (SELECT id FROM decided WHERE snooze)
+                                   THEN 'snoozed' ELSE 'failed' END)
            || CASE WHEN state = 'scheduled' THEN jsonb_build_object('run_at', run_at) ELSE '{}' END
       FROM upd ORDER BY id
 )
@@ -257,8 +265,9 @@ SELECT count(*) FROM upd;
 SELECT extract(epoch FROM min(run_at) - now())::float8 FROM jobs WHERE state = 'scheduled';
 
 -- name: job_ready_queues
--- Which (tenant, queue) pairs hold ready jobs: the catch-up after a lost notification.
-SELECT DISTINCT tenant_id, queue FROM jobs WHERE state = 'ready';
+-- Which (tenant, queue) pairs may hold ready jobs: the catch-up after a lost notification. Read
+-- from runnable_queues (a superset, never missing a pair with a ready job), not the jobs.
+SELECT tenant_id, queue FROM runnable_queues;
 
 -- name: job_cancel
 -- A scheduled or ready job is cancelled at once; a running one is marked, and ends cancelled when

@@ -1,7 +1,7 @@
 """Weighted fair share between tenants, queue pauses, and the FIFO guard against starvation.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from db._alembic import run_script
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

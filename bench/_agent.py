@@ -1,0 +1,188 @@
+"""A worker process of the bench: SDK `WorkerRunner`s over a shared worker key.
+
+Run as `python -m bench._agent '<AgentConfig as JSON>'`. It prints `ready` once its runners are
+built, starts them on `go` (a line on stdin), and on `stop` (or end of input) stops them, waits for
+running jobs, and prints one JSON `AgentReport` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import msgspec
+
+from core.wire import AckResponse, HeartbeatResponse, Job, LeasedJob
+from sdk import WorkerClient, WorkerRunner
+
+STOP_TIMEOUT_S = 30.0
+
+
+class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    url: str
+    api_key: str
+    mode: str  # "latency": record submit→start of jobs carrying "t"; "drain": a no-op handler
+    runners: int = 1
+    concurrency: int = 100
+    wait_ms: int = 30_000
+    queues: tuple[str, ...] = ("default",)
+
+
+class AgentReport(msgspec.Struct, kw_only=True):
+    name: str
+    handled: int = 0
+    latencies_ns: list[int] = []
+    lease_calls: int = 0
+    lease_nonempty: int = 0
+    leased: int = 0
+    lease_max: int = 0
+    complete_calls: int = 0
+    fail_calls: int = 0
+    ack_calls: int = 0
+    acked: int = 0
+    heartbeat_calls: int = 0
+    errors: list[str] = []
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (it comes with uvicorn[standard]), else asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    return sum(len(v) for v in (*args, *kwargs.values()) if isinstance(v, list | tuple))
+
+
+class CountingClient(WorkerClient):
+    """A `WorkerClient` that counts its calls, to report the lease and acknowledgement batches
+    the runner really used."""
+
+    def __init__(self, report: AgentReport, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report = report
+
+    async def lease(self, *args: Any, **kwargs: Any) -> list[LeasedJob]:
+        jobs = await super().lease(*args, **kwargs)
+        r = self.report
+        r.lease_calls += 1
+        if jobs:
+            r.lease_nonempty += 1
+            r.leased += len(jobs)
+            r.lease_max = max(r.lease_max, len(jobs))
+        return jobs
+
+    async def complete(self, *args: Any, **kwargs: Any) -> Job:
+        job = await super().complete(*args, **kwargs)
+        self.report.complete_calls += 1
+        return job
+
+    async def fail(self, *args: Any, **kwargs: Any) -> Job:
+        job = await super().fail(*args, **kwargs)
+        self.report.fail_calls += 1
+        return job
+
+    async def ack(self, *args: Any, **kwargs: Any) -> AckResponse:
+        resp = await super().ack(*args, **kwargs)
+        self.report.ack_calls += 1
+        self.report.acked += _items(args, kwargs)
+        return resp
+
+    async def heartbeat(self, *args: Any, **kwargs: Any) -> HeartbeatResponse:
+        beat = await super().heartbeat(*args, **kwargs)
+        self.report.heartbeat_calls += 1
+        return beat
+
+
+Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+
+
+def _handler(mode: str, report: AgentReport) -> Handler:
+    latencies = report.latencies_ns
+
+    async def record(payload: dict[str, Any]) -> None:
+        started = time.time_ns()
+        report.handled += 1
+        t = payload.get("t")
+        if isinstance(t, int):
+            latencies.append(started - t)
+
+    async def noop(payload: dict[str, Any]) -> None:
+        report.handled += 1
+
+    if mode == "latency":
+        return record
+    if mode == "drain":
+        return noop
+    raise ValueError(f"unknown agent mode {mode!r}")
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+def _say(line: bytes) -> None:
+    sys.stdout.buffer.write(line + b"\n")
+    sys.stdout.buffer.flush()
+
+
+async def run(config: AgentConfig) -> AgentReport:
+    report = AgentReport(name=config.name)
+    handler = _handler(config.mode, report)
+    clients = [
+        CountingClient(report, config.url, worker_id=f"{config.name}-{i}", api_key=config.api_key, queues=config.queues)
+        for i in range(config.runners)
+    ]
+    runners = [WorkerRunner(c, handler, concurrency=config.concurrency, wait_ms=config.wait_ms) for c in clients]
+    commands = await _stdin_lines()
+    _say(b"ready")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        if (await commands.readline()).strip() == b"go":
+            tasks = [asyncio.create_task(r.run()) for r in runners]
+            stop = asyncio.ensure_future(commands.readline())
+            done, _ = await asyncio.wait({stop, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop and t.exception() is not None:
+                    report.errors.append(repr(t.exception()))
+            stop.cancel()
+        for r in runners:
+            r.stop()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+            for t in pending:
+                t.cancel()
+                report.errors.append("a runner did not stop in time")
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    report.errors.append(repr(t.exception()))
+    finally:
+        for c in clients:
+            with contextlib.suppress(Exception):
+                await c.close()
+    return report
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = msgspec.json.decode(argv[1].encode(), type=AgentConfig)
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        report = runner.run(run(config))
+    _say(msgspec.json.encode(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,184 @@
+"""`python -m bench`: run the measurements, print a table, save JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import msgspec
+
+from ._agent import loop_factory
+from ._config import PHASES, Config, quick
+from ._infra import CHILDREN, BenchError, Database
+from ._report import Result, load, machine_info, median_of, render, save, targets, timestamp
+from ._run import Bench, log
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = Config()
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure submit→start latency, submit and drain throughput, and both on a large table. "
+        "Starts its own PostgreSQL (or uses DATABASE_URL), gateway processes and workers on loopback.",
+    )
+    p.add_argument("--quick", action="store_true", help="a smaller run of everything, in under a minute")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="PostgreSQL server to create the run's database on (default: $DATABASE_URL, else an embedded one)",
+    )
+    p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
+    p.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1, help="gateway processes")
+    p.add_argument("--tenants", type=int, default=d.tenants)
+    g = p.add_argument_group("latency")
+    g.add_argument("--rate", type=float, default=d.rate, help="jobs per second, submitted one at a time")
+    g.add_argument("--latency-seconds", type=float, help=f"default {d.latency_seconds:g} (quick: 3)")
+    g.add_argument("--latency-workers", type=int, default=d.latency_workers, help="idle worker processes")
+    g.add_argument("--latency-concurrency", type=int, default=d.latency_concurrency, help="per worker")
+    g.add_argument("--safety-poll", type=float, help="ORCH_SAFETY_POLL_SECONDS for the gateways (default: theirs, 5 s)")
+    g = p.add_argument_group("throughput")
+    g.add_argument("--jobs", type=int, help=f"default {d.jobs:,} (quick: 5,000)")
+    g.add_argument("--batch", type=int, default=d.batch, help="jobs per POST /v1/jobs/batch")
+    g.add_argument("--submitters", type=int, default=d.submitters, help="concurrent batch submits")
+    g.add_argument("--drain-workers", type=int, default=d.drain_workers, help="worker processes")
+    g.add_argument("--drain-runners", type=int, default=d.drain_runners, help="WorkerRunners per process")
+    g.add_argument("--drain-concurrency", type=int, default=d.drain_concurrency, help="per runner (at most 100)")
+    g.add_argument(
+        "--burst",
+        action="store_true",
+        help="drain without the ANALYZE that otherwise precedes it (plans cached while the table was small)",
+    )
+    g = p.add_argument_group("scale")
+    g.add_argument("--leases", type=int, help=f"sequential leases timed (default {d.leases}, quick: 200)")
+    g.add_argument("--scale-finished", type=int, help=f"default {d.scale_finished:,} (quick: 100,000)")
+    g.add_argument("--scale-waiting", type=int, help=f"default {d.scale_waiting:,} (quick: 10,000)")
+    p.add_argument("--profile", action="store_true", help="record the drain with py-spy (when installed)")
+    p.add_argument(
+        "--db-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a PostgreSQL setting for the run's database (ALTER DATABASE … SET), e.g. synchronous_commit=off",
+    )
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.add_argument(
+        "--median", nargs="+", type=Path, metavar="JSON", help="print the medians of saved runs instead of running"
+    )
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    unknown = set(phases) - set(PHASES)
+    if unknown:
+        raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if not 1 <= args.drain_concurrency <= 100:
+        raise SystemExit("--drain-concurrency must be 1..100 (a lease asks for at most 100 jobs)")
+    for setting in args.db_setting:
+        name, sep, _ = setting.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
+            raise SystemExit(f"--db-setting wants NAME=VALUE, got {setting!r}")
+    base = Config(
+        phases=phases,
+        gateway_workers=args.gateway_workers,
+        tenants=args.tenants,
+        rate=args.rate,
+        latency_workers=args.latency_workers,
+        latency_concurrency=args.latency_concurrency,
+        safety_poll_seconds=args.safety_poll,
+        batch=args.batch,
+        submitters=args.submitters,
+        drain_workers=args.drain_workers,
+        drain_runners=args.drain_runners,
+        drain_concurrency=args.drain_concurrency,
+        profile=args.profile,
+        db_settings=tuple(args.db_setting),
+        burst=args.burst,
+    )
+    cfg = quick(base) if args.quick else base
+    sizes = {
+        "latency_seconds": args.latency_seconds,
+        "jobs": args.jobs,
+        "leases": args.leases,
+        "scale_finished": args.scale_finished,
+        "scale_waiting": args.scale_waiting,
+    }
+    return msgspec.structs.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
+
+
+def _median(paths: list[Path]) -> int:
+    runs = [load(p) for p in paths]
+    result: Result = median_of(runs)
+    result["runs"] = len(runs)
+    print(render(result))
+    return 0
+
+
+async def _run(bench: Bench) -> Result:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await bench.run()
+    finally:
+        try:
+            await asyncio.shield(bench.teardown())
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.median:
+        return _median(args.median)
+    cfg = _config(args)
+    stamp = timestamp()
+    result: Result = {
+        "started_at": stamp,
+        "command": ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)],
+        "config": msgspec.to_builtins(cfg),
+        "machine": machine_info(),
+    }
+    t0 = time.monotonic()
+    database: Database | None = None
+    try:
+        database = Database(args.database_url)
+        result["database"] = database.kind
+        bench = Bench(cfg, database, args.results_dir, stamp)
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            result.update(runner.run(_run(bench)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted: stopped everything the bench started")
+        return 130
+    except BenchError as exc:
+        log(f"failed: {exc}")
+        return 1
+    except Exception:
+        log("failed:\n" + traceback.format_exc())
+        return 1
+    finally:
+        CHILDREN.kill_all()
+        if database is not None:
+            with contextlib.suppress(Exception):
+                asyncio.run(database.drop())
+            database.stop()
+    result["seconds"] = time.monotonic() - t0
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    result["targets"] = targets(result)
+    print(render(result))
+    if not args.no_save:
+        path = save(result, args.results_dir, stamp)
+        log(f"saved {path} ({result['seconds']:.0f} s)")
+    return 0

@@ -1,0 +1,49 @@
+"""What one bench run measures, and how big."""
+
+from __future__ import annotations
+
+import msgspec
+
+PHASES = ("latency", "throughput", "poll", "scale")
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    quick: bool = False
+    phases: tuple[str, ...] = PHASES
+    gateway_workers: int = 2
+    tenants: int = 4
+    # latency: jobs submitted one at a time at `rate` for `latency_seconds`, to idle parked workers
+    rate: float = 100.0
+    latency_seconds: float = 10.0
+    latency_workers: int = 4
+    latency_concurrency: int = 10
+    safety_poll_seconds: float | None = None  # None: the gateway's default
+    # throughput: `jobs` submitted in batches, then drained
+    jobs: int = 20_000
+    batch: int = 1000
+    submitters: int = 4
+    drain_workers: int = 3
+    drain_runners: int = 1
+    drain_concurrency: int = 100
+    # scale
+    leases: int = 500
+    scale_finished: int = 1_000_000
+    scale_waiting: int = 100_000
+    background_tenants: int = 20
+    profile: bool = False
+    # Drain without ANALYZE first: with plans the gateways cached while the table was small.
+    burst: bool = False
+    # ALTER DATABASE … SET for the run's database, as "name=value" (what-if experiments)
+    db_settings: tuple[str, ...] = ()
+
+
+def quick(base: Config) -> Config:
+    return msgspec.structs.replace(
+        base,
+        quick=True,
+        latency_seconds=3.0,
+        jobs=5000,
+        leases=200,
+        scale_finished=100_000,
+        scale_waiting=10_000,
+    )

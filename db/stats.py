@@ -1,0 +1,47 @@
+"""What the database-derived gauges report, read in one pass."""
+
+from __future__ import annotations
+
+import msgspec
+
+from ._queries import sql
+from ._types import Conn
+from .events import Backlog, consumer_lags, webhook_backlogs
+
+_JOBS = sql("stats_jobs")
+_TENANTS = sql("stats_tenants")
+
+
+class QueueStateCount(msgspec.Struct, frozen=True):
+    tenant_id: str
+    queue: str
+    state: str
+    count: int
+    oldest_ready_seconds: float | None
+
+
+class TenantLimits(msgspec.Struct, frozen=True):
+    tenant_id: str
+    weight: int
+    max_inflight: int | None
+
+
+class Stats(msgspec.Struct, frozen=True):
+    jobs: list[QueueStateCount]
+    tenants: list[TenantLimits]
+    consumer_lags: list[Backlog] = []
+    webhook_backlogs: list[Backlog] = []
+
+
+async def stats_read(conn: Conn) -> Stats:
+    jobs = [
+        QueueStateCount(r["tenant_id"], r["queue"], r["state"], r["n"], r["oldest_ready_s"])
+        for r in await conn.fetch(_JOBS)
+    ]
+    tenants = [TenantLimits(r["id"], r["weight"], r["max_inflight"]) for r in await conn.fetch(_TENANTS)]
+    return Stats(
+        jobs=jobs,
+        tenants=tenants,
+        consumer_lags=await consumer_lags(conn),
+        webhook_backlogs=await webhook_backlogs(conn),
+    )

@@ -1,0 +1,193 @@
+"""`orchestrator worker module:handler` (also `orchestrator-worker`): run a worker from the shell.
+
+The target is `module:attribute`, imported with the current directory on `sys.path`. It names a
+handler (`handler(payload) -> result`, coroutine function or plain function), or a mapping of
+job kind to handler (the empty kind "" being the default). SIGTERM and SIGINT stop leasing and
+let running jobs finish (up to `--shutdown-timeout`); a second signal abandons them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._errors import Forbidden, SdkError, Unauthorized
+from ._outcome import Handler
+from ._runner import WorkerRunner
+from ._worker import WorkerClient
+
+log = logging.getLogger("orchestrator.sdk")
+
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+
+
+class TargetError(Exception):
+    """The handler could not be loaded."""
+
+
+def load_target(spec: str) -> tuple[Handler | None, dict[str, Handler]]:
+    """`module:attribute` → (default handler, handlers by kind)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise TargetError(f"expected module:attribute, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TargetError(f"cannot import {module_name!r}: {exc}") from exc
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise TargetError(f"{module_name!r} has no attribute {attr!r}") from None
+    if isinstance(target, Mapping):
+        handlers: dict[str, Handler] = {}
+        for kind, fn in target.items():
+            if not isinstance(kind, str) or not callable(fn):
+                raise TargetError(f"{spec} must map job kinds (str) to handlers")
+            handlers[kind] = fn
+        return handlers.pop("", None), handlers
+    if callable(target):
+        return target, {}
+    raise TargetError(f"{spec} is neither a handler nor a mapping of kinds to handlers")
+
+
+def _queues(values: Sequence[str]) -> list[str]:
+    queues = [q.strip() for v in values for q in v.split(",") if q.strip()]
+    return queues or ["default"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="orchestrator worker",
+        description="Run a worker: lease jobs from the gateway and run a handler on each.",
+    )
+    p.add_argument("target", metavar="module:handler", help="the handler, or a mapping of job kind to handler")
+    p.add_argument("--url", default=os.environ.get("ORCH_URL"), help="the gateway's URL (env ORCH_URL)")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("ORCH_API_KEY"),
+        help="a tenant key, or a shared worker key (env ORCH_API_KEY)",
+    )
+    p.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}", help="default: hostname-pid")
+    p.add_argument(
+        "--queues",
+        action="append",
+        default=[],
+        help="queues to lease from, comma-separated or repeated (default: default)",
+    )
+    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--lease-seconds", type=int, default=30, help="lease length, renewed every third (default 30)")
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds running jobs get to finish after SIGTERM (default 30)",
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+async def _serve(runner: WorkerRunner) -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("worker %s: %s: stopping (again to abandon running jobs)", runner.client.worker_id, sig.name)
+            runner.stop()
+        else:
+            log.warning("worker %s: %s again: abandoning running jobs", runner.client.worker_id, sig.name)
+            task.cancel()
+
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    try:
+        await runner.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await runner.client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        print(f"orchestrator worker: unknown log level {args.log_level!r}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("orchestrator.sdk").setLevel(level)  # also when `orchestrator` configured logging first
+    err = sys.stderr
+    if not args.url:
+        print("orchestrator worker: no gateway URL: pass --url or set ORCH_URL", file=err)
+        return EXIT_USAGE
+    if not args.api_key:
+        print("orchestrator worker: no API key: pass --api-key or set ORCH_API_KEY", file=err)
+        return EXIT_USAGE
+    if args.concurrency < 1:
+        print("orchestrator worker: --concurrency must be at least 1", file=err)
+        return EXIT_USAGE
+    try:
+        default, handlers = load_target(args.target)
+        client = WorkerClient(args.url, worker_id=args.worker_id, api_key=args.api_key, queues=_queues(args.queues))
+        runner = WorkerRunner(
+            client,
+            default,
+            handlers=handlers,
+            concurrency=args.concurrency,
+            lease_seconds=args.lease_seconds,
+            shutdown_timeout_s=args.shutdown_timeout,
+        )
+    except (TargetError, ValueError) as exc:
+        print(f"orchestrator worker: {exc}", file=err)
+        return EXIT_USAGE
+    kinds = ", ".join(repr(k) for k in handlers) or "none"
+    log.info(
+        "worker %s: serving %s at %s (queues %s, concurrency %d, kinds %s%s)",
+        args.worker_id,
+        args.target,
+        args.url,
+        ",".join(client.queues),
+        args.concurrency,
+        kinds,
+        ", with a default handler" if default is not None else "",
+    )
+    try:
+        asyncio.run(_serve(runner))
+    except (Unauthorized, Forbidden) as exc:
+        print(f"orchestrator worker: the gateway refused the key: {exc}", file=err)
+        return EXIT_REFUSED
+    except SdkError as exc:
+        print(f"orchestrator worker: {exc}", file=err)
+        return 1
+    except asyncio.CancelledError:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    log.info("worker %s: stopped", args.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
