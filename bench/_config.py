@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-PHASES = ("latency", "throughput", "poll", "scale")
+PHASES = ("latency", "throughput", "trigger", "poll", "scale")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):

@@ -240,7 +240,11 @@ def render(result: Result) -> str:
         out.append("")
         out.append("throughput")
         rows = []
-        for key, label in (("empty", "empty table"), ("loaded", "loaded table")):
+        for key, label in (
+            ("empty", "empty table"),
+            ("no_event_trigger", "events NOTIFY off"),
+            ("loaded", "loaded table"),
+        ):
             t = tp.get(key)
             if not t:
                 continue
@@ -271,6 +275,9 @@ def render(result: Result) -> str:
             line = _cpu_line("drain, empty table", e)
             if line:
                 out.append(line)
+    trig = result.get("event_trigger", {})
+    if trig.get("with_over_without") is not None:
+        out.append(f"    events NOTIFY trigger: drain with it / without it = {trig['with_over_without']:.2f}")
     sc = result.get("scale", {})
     if sc:
         out.append("")
@@ -280,7 +287,11 @@ def render(result: Result) -> str:
             f"in {_fmt(seed.get('seconds'), 1)} s (jobs table {_fmt(seed.get('table_mb'), 0)} MB)"
         )
         rows = []
-        for key, label in (("empty", "empty table"), ("loaded", "loaded table")):
+        for key, label in (
+            ("empty", "empty table"),
+            ("no_event_trigger", "events NOTIFY off"),
+            ("loaded", "loaded table"),
+        ):
             s = sc.get(key)
             if not s:
                 continue

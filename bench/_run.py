@@ -511,6 +511,22 @@ class Bench:
 
     # --- the whole run ----------------------------------------------------------------
 
+    async def event_trigger_cost(self, with_trigger: Result | None) -> Result:
+        """Drain again with the events table's NOTIFY trigger off: what the outbox's wake-ups cost."""
+        await self.conn.execute("ALTER TABLE events DISABLE TRIGGER events_notify")
+        try:
+            without = await self.throughput("no_event_trigger")
+        finally:
+            await self.conn.execute("ALTER TABLE events ENABLE TRIGGER events_notify")
+        out: Result = {"drain_jobs_per_s_without": without["drain_jobs_per_s"]}
+        if with_trigger is not None:
+            out["drain_jobs_per_s_with"] = with_trigger["drain_jobs_per_s"]
+            out["with_over_without"] = with_trigger["drain_jobs_per_s"] / without["drain_jobs_per_s"]
+            log(
+                f"event trigger: drain {out['drain_jobs_per_s_with']:.0f} jobs/s with, {without['drain_jobs_per_s']:.0f} without"
+            )
+        return out
+
     async def run(self) -> Result:
         cfg = self.cfg
         phases = set(cfg.phases)
@@ -528,6 +544,8 @@ class Bench:
             res.setdefault("throughput", {})["empty"] = tp
             empty["submit_jobs_per_s"] = tp["submit_jobs_per_s"]
             empty["drain_jobs_per_s"] = tp["drain_jobs_per_s"]
+        if "trigger" in phases:
+            res["event_trigger"] = await self.event_trigger_cost(res.get("throughput", {}).get("empty"))
         if "poll" in phases:
             await self.start_gateway(notifier=False)
             res.setdefault("latency", {})["poll"] = await self.latency("poll")
