@@ -19,6 +19,10 @@ def _jsonb_decode(data: bytes) -> Any:
     return _decode(data[1:])
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
@@ -31,6 +35,9 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        # Nothing sets session state on pool connections (advisory locks are transaction-level,
+        # LISTEN has its own connection), so releasing one skips asyncpg's RESET round trip.
+        reset=_keep_session,
         # Long-polls hold no connection while parked, so the pool serves statements only.
         command_timeout=60,
         server_settings={"application_name": "orchestrator"},

@@ -71,7 +71,8 @@ class JobsController(Controller):
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         jobs = [new_job(s, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
-        async with rt.pool.acquire() as conn, conn.transaction():
+        # One statement inserts the whole batch: all or nothing without a transaction around it.
+        async with rt.pool.acquire() as conn:
             inserted = await db.job_insert_many(
                 conn,
                 tenant_id,

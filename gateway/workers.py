@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -50,6 +51,11 @@ def _count(rt: Runtime, outcomes: dict[int, db.Outcome]) -> None:
     for o in outcomes.values():
         if o.changed:
             rt.metrics.finished(o.job)
+
+
+def _atomic(conn: db.Conn, needed: bool) -> contextlib.AbstractAsyncContextManager[object]:
+    """A transaction around several statements; one statement is atomic on its own."""
+    return conn.transaction() if needed else contextlib.nullcontext()
 
 
 def _raise_for(rt: Runtime, status: int, job_id: int) -> None:
@@ -138,7 +144,7 @@ class WorkersController(Controller):
         tenant_id = principal_of(request).tenant_id
         completes = [(int(c.id), c.lease_token, c.result) for c in data.complete]
         fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms, f.snooze) for f in data.fail]
-        async with rt.pool.acquire() as conn, conn.transaction():
+        async with rt.pool.acquire() as conn, _atomic(conn, bool(completes and fails)):
             done = await db.job_complete_many(conn, completes, tenant_id) if completes else {}
             failed = (
                 await db.job_fail_many(
