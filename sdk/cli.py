@@ -120,7 +120,7 @@ async def _serve(runner: WorkerRunner) -> None:
         try:
             loop.add_signal_handler(sig, on_signal, sig)
             installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+        except RuntimeError:  # not the main thread, or no signal support here (its subclass)
             pass
     try:
         await runner.run()
