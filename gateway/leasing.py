@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import db
@@ -148,4 +148,4 @@ def cancel(fut: asyncio.Future[object] | None) -> None:
             fut.exception()
 
 
-__all__: Sequence[str] = ["Leaser", "cancel", "watch_disconnect"]
+__all__ = ["Leaser", "cancel", "watch_disconnect"]

@@ -7,7 +7,8 @@ import asyncio
 import builtins
 import hmac
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Literal, Self, TypeVar
 from urllib.parse import quote
@@ -189,17 +190,8 @@ class EventsClient:
 
     async def _poll(self, after: str | None, limit: int, wait_ms: int) -> AsyncIterator[Event]:
         cursor = after
-        failures = 0
         while True:
-            try:
-                page = await self.read(cursor, limit=limit, wait_ms=wait_ms)
-            except SdkError as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                await asyncio.sleep(backoff_s(failures, exc))
-                continue
-            failures = 0
+            page = await _retrying(partial(self.read, cursor, limit=limit, wait_ms=wait_ms))
             for event in page.events:
                 yield event
             cursor = page.next
@@ -334,30 +326,22 @@ class ConsumerClient:
         """Every event from the consumer's position on, without end. A page is acknowledged
         once the loop has taken all of its events, so an event is acknowledged only after the
         code that handled it has finished: delivery is at least once."""
-        failures = 0
         while True:
-            try:
-                page = await self.read(limit=limit, wait_ms=min(wait_ms, MAX_WAIT_MS))
-            except SdkError as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                await asyncio.sleep(backoff_s(failures, exc))
-                continue
-            failures = 0
+            page = await _retrying(partial(self.read, limit=limit, wait_ms=min(wait_ms, MAX_WAIT_MS)))
             for event in page.events:
                 yield event
             if page.events:
-                await self._ack_retrying(page.next)
+                await _retrying(partial(self.ack, page.next))
 
-    async def _ack_retrying(self, cursor: str) -> None:
-        failures = 0
-        while True:
-            try:
-                await self.ack(cursor)
-                return
-            except SdkError as exc:
-                if not is_transient(exc):
-                    raise
-                failures += 1
-                await asyncio.sleep(backoff_s(failures, exc))
+
+async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, again after a backoff while it fails transiently; other errors are raised."""
+    failures = 0
+    while True:
+        try:
+            return await call()
+        except SdkError as exc:
+            if not is_transient(exc):
+                raise
+            failures += 1
+            await asyncio.sleep(backoff_s(failures, exc))

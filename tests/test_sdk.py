@@ -54,6 +54,20 @@ async def producer(api: Api, tenant_a: str) -> AsyncIterator[ProducerClient]:
         yield p
 
 
+async def run_until_done(
+    api: Api, key: str, producer: ProducerClient, job_id: str, handler: Any, **runner_args: Any
+) -> Job:
+    """Run a runner on `handler` until the job has ended, then stop it."""
+    async with WorkerClient(api.url, worker_id="w1", api_key=key) as client:
+        runner = WorkerRunner(client, handler, **runner_args)
+        task = asyncio.create_task(runner.run())
+        try:
+            return await producer.wait(job_id, timeout_s=20)
+        finally:
+            runner.stop()
+            await asyncio.wait_for(task, 10)
+
+
 def parked(gateway: InProcessGateway) -> int:
     """Lease requests waiting in the gateway."""
     return len(gateway.runtime.notifier.lease_waiters)
@@ -144,14 +158,7 @@ async def test_retry_then_success_with_a_sync_handler(api: Api, tenant_a: str, p
             raise Retry(delay_ms=50)
         return "ok"
 
-    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
-        runner = WorkerRunner(client, handler, wait_ms=1000)
-        task = asyncio.create_task(runner.run())
-        try:
-            done = await producer.wait(job.id, timeout_s=20)
-        finally:
-            runner.stop()
-            await asyncio.wait_for(task, 10)
+    done = await run_until_done(api, tenant_a, producer, job.id, handler, wait_ms=1000)
     assert done.state is JobState.SUCCEEDED
     assert done.attempts == 2
     assert done.result == "ok"
@@ -166,14 +173,7 @@ async def test_cancel_makes_the_job_dead(api: Api, tenant_a: str, producer: Prod
     async def handler(payload: dict[str, Any]) -> None:
         raise Cancel("the input is unusable")
 
-    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
-        runner = WorkerRunner(client, handler)
-        task = asyncio.create_task(runner.run())
-        try:
-            done = await producer.wait(job.id, timeout_s=20)
-        finally:
-            runner.stop()
-            await asyncio.wait_for(task, 10)
+    done = await run_until_done(api, tenant_a, producer, job.id, handler)
     assert done.state is JobState.DEAD
     assert done.attempts == 1
     assert done.last_error == "the input is unusable"
@@ -186,14 +186,7 @@ async def test_an_exception_fails_with_its_traceback(api: Api, tenant_a: str, pr
     async def handler(payload: dict[str, Any]) -> None:
         raise ValueError("boom")
 
-    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
-        runner = WorkerRunner(client, handler)
-        task = asyncio.create_task(runner.run())
-        try:
-            done = await producer.wait(job.id, timeout_s=20)
-        finally:
-            runner.stop()
-            await asyncio.wait_for(task, 10)
+    done = await run_until_done(api, tenant_a, producer, job.id, handler)
     assert done.state is JobState.DEAD
     assert done.last_error is not None
     assert done.last_error.startswith("Traceback (most recent call last)")
