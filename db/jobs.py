@@ -25,7 +25,6 @@ _GET = sql("job_get")
 _LIST = sql("job_list")
 _LIST_BY_STATE = sql("job_list_by_state")
 _PICK = sql("tenant_pick")
-_RUNNABLE_LOCK = sql("runnable_queue_lock")
 _RUNNABLE_FORGET = sql("runnable_queue_forget")
 _QUEUE_PAUSE = sql("queue_pause")
 _QUEUE_RESUME = sql("queue_resume")
@@ -141,12 +140,9 @@ async def tenant_pick(conn: Conn, queues: Sequence[str], limit: int) -> list[Can
 
 
 async def runnable_queue_forget(conn: Conn, tenant_id: str, queues: Sequence[str]) -> None:
-    """Forget the tenant's pairs that hold no ready job. Opens its own transaction: the delete
-    must see what committed before the locks were granted."""
-    async with conn.transaction():
-        locked = [r["q"] for r in await conn.fetch(_RUNNABLE_LOCK, tenant_id, list(queues))]
-        if locked:
-            await conn.execute(_RUNNABLE_FORGET, tenant_id, locked)
+    """Forget the tenant's pairs that hold no ready job, unless a transaction is making one ready
+    in them now. Outside a transaction: the pair locks last until the statement's end."""
+    await conn.execute(_RUNNABLE_FORGET, tenant_id, list(queues))
 
 
 async def queue_pause(conn: Conn, tenant_id: str, queue: str) -> None:

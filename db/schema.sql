@@ -74,13 +74,59 @@ CREATE FUNCTION public.orch_queue_lock_key(p_tenant text, p_queue text) RETURNS 
     AS $$ SELECT hashtextextended('orch.runnable:' || p_tenant || '/' || p_queue, 0) $$;
 
 CREATE FUNCTION public.orch_retry_policy(p_tenant text, p_queue text, OUT max_attempts integer, OUT retry_base_ms bigint, OUT retry_cap_ms bigint) RETURNS record
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     AS $$
+BEGIN
     SELECT (array_agg(rp.max_attempts ORDER BY rp.queue = '') FILTER (WHERE rp.max_attempts IS NOT NULL))[1],
            (array_agg(rp.retry_base_ms ORDER BY rp.queue = '') FILTER (WHERE rp.retry_base_ms IS NOT NULL))[1],
            (array_agg(rp.retry_cap_ms ORDER BY rp.queue = '') FILTER (WHERE rp.retry_cap_ms IS NOT NULL))[1]
+      INTO max_attempts, retry_base_ms, retry_cap_ms
       FROM retry_policies rp
-     WHERE rp.tenant_id = p_tenant AND rp.queue IN (p_queue, '')
+     WHERE rp.tenant_id = p_tenant AND rp.queue IN (p_queue, '');
+END
+$$;
+
+CREATE FUNCTION public.orch_runnable_forget(p_tenant text, p_queues text[]) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    locked text[];
+    forgotten integer;
+BEGIN
+    SELECT array_agg(q) INTO locked
+      FROM unnest(p_queues) AS q
+     WHERE pg_try_advisory_xact_lock(orch_queue_lock_key(p_tenant, q));
+    IF locked IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM runnable_queues r
+     WHERE r.tenant_id = p_tenant AND r.queue = ANY(locked)
+       AND NOT EXISTS (SELECT 1 FROM jobs j
+                        WHERE j.tenant_id = r.tenant_id AND j.queue = r.queue AND j.state = 'ready');
+    GET DIAGNOSTICS forgotten = ROW_COUNT;
+    RETURN forgotten;
+END
+$$;
+
+CREATE FUNCTION public.orch_tenant_pick(p_queues text[], p_limit integer) RETURNS TABLE(id text, max_inflight integer, vpass double precision, lead_pass double precision)
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    SELECT t.id, t.max_inflight, t.vpass, max(t.vpass) OVER () AS lead_pass
+      FROM tenants t
+     WHERE t.id IN (SELECT r.tenant_id FROM runnable_queues r
+                     WHERE r.queue = ANY(p_queues)
+                       AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                        WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
+       AND NOT t.disabled
+       AND (t.max_inflight IS NULL
+            OR t.max_inflight > (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
+     ORDER BY t.vpass, t.id
+     LIMIT p_limit;
+END
 $$;
 
 CREATE TABLE public.alembic_version (

@@ -18,7 +18,7 @@ _UPDATE = sql("tenant_update")
 _KEY_INSERT = sql("api_key_insert")
 _KEY_GET = sql("api_key_get")
 _KEY_REVOKE = sql("api_key_revoke")
-_NONCE_INSERT = sql("request_nonce_insert")
+_KEY_USE = sql("api_key_use")
 _NONCE_PRUNE = sql("request_nonce_prune")
 _POLICY_UPSERT = sql("retry_policy_upsert")
 _POLICY_GET = sql("retry_policy_get")
@@ -78,9 +78,19 @@ async def api_key_revoke(conn: Conn, key_id: str) -> bool:
     return await conn.fetchval(_KEY_REVOKE, key_id) is not None
 
 
-async def request_nonce_insert(conn: Conn, key_id: str, nonce: str) -> bool:
-    """True when the nonce is new for this key; False for a replay."""
-    return bool(await conn.fetchval(_NONCE_INSERT, key_id, nonce))
+class KeyUse(msgspec.Struct, frozen=True):
+    tenant_id: str | None
+    revoked: bool
+    tenant_disabled: bool
+    fresh_nonce: bool  # False for a replay (or a revoked key, whose nonces are not recorded)
+
+
+async def api_key_use(conn: Conn, key_id: str, nonce: str) -> KeyUse | None:
+    """The key's standing now, recording the nonce; None when the key does not exist."""
+    r = await conn.fetchrow(_KEY_USE, key_id, nonce)
+    if r is None:
+        return None
+    return KeyUse(r["tenant_id"], r["revoked"], r["tenant_disabled"], r["fresh"])
 
 
 async def request_nonce_prune(conn: Conn, older_than_seconds: int) -> None:

@@ -64,7 +64,7 @@ def _timing(app: ASGIApp) -> ASGIApp:
 
         rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
         try:
-            if rt is None:
+            if rt is None or not rt.tracing.enabled:
                 await app(scope, receive, send_wrapper)
             else:
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}

@@ -76,21 +76,31 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseR
         raise _refuse(rt, "nonce", "X-Nonce must be 16 to 64 characters of [A-Za-z0-9_-]")
     # Reads (and caches for the handler) the body, enforcing the size limit first.
     body = await Request[Any, Any, Any](connection.scope, connection.receive).body()
+    method = connection.scope["method"]  # type: ignore[typeddict-item]
     async with rt.pool.acquire() as conn:
-        key = await db.api_key_get(conn, key_id)
-        if key is None:
-            raise _refuse(rt, "unknown_key", "unknown key")
-        if key.revoked:
-            raise _refuse(rt, "revoked_key", "this key has been revoked")
-        method = connection.scope["method"]  # type: ignore[typeddict-item]
-        if not signing.verify(key.secret, sig, method, _path_with_query(connection), timestamp, nonce, body):
+        secret = rt.key_secrets.get(key_id)
+        if secret is None:
+            key = await db.api_key_get(conn, key_id)
+            if key is None:
+                raise _refuse(rt, "unknown_key", "unknown key")
+            if key.revoked:
+                raise _refuse(rt, "revoked_key", "this key has been revoked")
+            secret = key.secret
+            rt.key_secrets.put(key_id, secret)
+        if not signing.verify(secret, sig, method, _path_with_query(connection), timestamp, nonce, body):
             raise _refuse(rt, "bad_signature", "the signature does not match the request")
-        if not await db.request_nonce_insert(conn, key_id, nonce):
-            raise _refuse(rt, "replayed_nonce", "this nonce was already used")
-    if key.tenant_disabled:
+        use = await db.api_key_use(conn, key_id, nonce)
+    if use is None or use.revoked:
+        rt.key_secrets.forget(key_id)
+        if use is None:
+            raise _refuse(rt, "unknown_key", "unknown key")
+        raise _refuse(rt, "revoked_key", "this key has been revoked")
+    if not use.fresh_nonce:
+        raise _refuse(rt, "replayed_nonce", "this nonce was already used")
+    if use.tenant_disabled:
         raise Forbidden("this tenant is disabled")
-    connection.state.principal = Principal(key.key_id, key.tenant_id)
-    logs.tenant_id.set(key.tenant_id)
+    connection.state.principal = Principal(key_id, use.tenant_id)
+    logs.tenant_id.set(use.tenant_id)
 
 
 async def operator(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:

@@ -16,6 +16,7 @@ from core import Settings
 from notifier import Notifier
 
 from . import metrics_merge
+from .keycache import SecretCache
 from .metrics import Metrics
 from .tracing import Tracing
 
@@ -32,6 +33,7 @@ class Runtime:
         self.settings = settings
         self.pool = pool
         self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
+        self.key_secrets = SecretCache()
         self.tracing = Tracing(settings.traces)
         self._due_at = 0.0  # monotonic time at which the timer should next promote
         self._due_changed = asyncio.Event()

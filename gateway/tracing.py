@@ -43,6 +43,10 @@ class Tracing:
             self._provider.add_span_processor(BatchSpanProcessor(_exporter(exporter)))
             self._tracer = self._provider.get_tracer("orchestrator")
 
+    @property
+    def enabled(self) -> bool:
+        return self._tracer is not None
+
     @contextlib.contextmanager
     def request_span(self, name: str, headers: Mapping[str, str]) -> Iterator[None]:
         if self._tracer is None:

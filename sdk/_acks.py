@@ -23,7 +23,7 @@ MAX_BODY_BYTES = 512 * 1024  # well under the server's default 1 MiB body limit
 ITEM_OVERHEAD_BYTES = 96
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs more, and this is per job
 class _Pending:
     job: LeasedJob
     item: AckComplete | AckFail
@@ -62,6 +62,7 @@ class AckBatcher:
         self._full = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.batches_sent = 0
         self.items_sent = 0
 
@@ -69,13 +70,17 @@ class AckBatcher:
         return len(self._pending)
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"orchestrator-acks-{self._name}")
 
     def add(self, job: LeasedJob, outcome: Outcome) -> None:
         item = outcome.ack(job.id, job.lease_token)
-        self._pending.append(_Pending(job, item, _size(item), asyncio.get_running_loop().time()))
-        self._wakeup.set()
-        if len(self._pending) >= self._batch_size:
+        loop = self._loop or asyncio.get_running_loop()
+        pending = self._pending
+        pending.append(_Pending(job, item, _size(item), loop.time()))
+        if len(pending) == 1:
+            self._wakeup.set()
+        if len(pending) >= self._batch_size:
             self._full.set()
 
     async def close(self) -> None:

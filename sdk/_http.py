@@ -11,7 +11,7 @@ import msgspec
 from yarl import URL
 
 from core.signing import sign_headers, split_api_key
-from core.wire import Problem
+from core.wire import AckComplete, Problem
 
 from ._errors import (
     ApiError,
@@ -71,8 +71,14 @@ def _without_none(value: Any) -> Any:
             if (v := getattr(value, name)) is not None and v is not msgspec.UNSET and not (v is False and name in flags)
         }
     if isinstance(value, list) and value and isinstance(value[0], msgspec.Struct):
-        return [_without_none(v) for v in value]
+        return [v if _as_is(v) else _without_none(v) for v in value]
     return value
+
+
+def _as_is(value: msgspec.Struct) -> bool:
+    # A completed item whose result is already encoded (what the runner sends, one per job) has
+    # no field to leave out: msgspec encodes it to the same bytes, without the walk.
+    return type(value) is AckComplete and type(value.result) is msgspec.Raw
 
 
 def query_string(query: Query | None) -> str:

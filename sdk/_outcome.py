@@ -82,11 +82,16 @@ class Outcome:
 
 def completed(result: Any) -> Outcome:
     """A returned value; one that cannot be encoded as JSON fails the attempt instead."""
+    if result is None:
+        return _COMPLETED_NONE
     try:
         encoded = msgspec.Raw(_encoder.encode(result))
     except (TypeError, ValueError, msgspec.EncodeError) as exc:
         return outcome_of(exc)
     return Outcome("completed", result=result, encoded=encoded)
+
+
+_COMPLETED_NONE = Outcome("completed", result=None, encoded=msgspec.Raw(b"null"))  # immutable: one will do
 
 
 def outcome_of(exc: BaseException) -> Outcome:
@@ -128,17 +133,32 @@ async def call(handler: Handler, payload: dict[str, Any], executor: Executor | N
     return await result if inspect.isawaitable(result) else result
 
 
+_otel: tuple[Any, Any] | None = None  # (propagate, trace), once imported
+_otel_missing = False
+
+
+def _opentelemetry() -> tuple[Any, Any] | None:
+    """OpenTelemetry's `propagate` and `trace` modules, imported once; None when not installed."""
+    global _otel, _otel_missing
+    if _otel is None and not _otel_missing:
+        try:
+            from opentelemetry import propagate, trace
+        except ImportError:
+            _otel_missing = True
+        else:
+            _otel = (propagate, trace)
+    return _otel
+
+
 def _span(job: Job) -> contextlib.AbstractContextManager[object]:
     """The handler's span, a child of the submit's trace, when OpenTelemetry is installed (it
     records only where the worker process configures a tracer provider)."""
-    if job.traceparent is None:
+    otel = _opentelemetry() if job.traceparent is not None else None
+    if otel is None:
         return contextlib.nullcontext()
-    try:
-        from opentelemetry import propagate, trace
-    except ImportError:
-        return contextlib.nullcontext()
+    propagate, trace = otel
     parent = propagate.extract({"traceparent": job.traceparent})
-    return trace.get_tracer("orchestrator.sdk").start_as_current_span(
+    span: contextlib.AbstractContextManager[object] = trace.get_tracer("orchestrator.sdk").start_as_current_span(
         f"job {job.kind or job.queue}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
@@ -148,18 +168,27 @@ def _span(job: Job) -> contextlib.AbstractContextManager[object]:
             "orchestrator.queue": job.queue,
         },
     )
+    return span
 
 
-async def run_job(handler: Handler | None, job: Job, executor: Executor | None = None) -> Outcome:
+async def run_job(
+    handler: Handler | None, job: Job, executor: Executor | None = None, *, asynchronous: bool | None = None
+) -> Outcome:
     """Run `handler` on `job.payload` and map what happens to an Outcome. Cancellation of the
-    calling task propagates: the caller decides what an interruption means."""
+    calling task propagates: the caller decides what an interruption means. `asynchronous` says
+    whether the handler is a coroutine function, when the caller already knows."""
     if handler is None:
         # Retryable: a worker that knows this kind may take it next time.
         return Outcome("failed", error=f"no handler for job kind {job.kind!r}")
+    if asynchronous is None:
+        asynchronous = is_async(handler)
     token = _current_job.set(job)
     try:
-        with _span(job):
-            result = await call(handler, job.payload, executor)
+        if job.traceparent is None:  # no trace to continue: no span (the common case, kept cheap)
+            result = await handler(job.payload) if asynchronous else await call(handler, job.payload, executor)
+        else:
+            with _span(job):
+                result = await call(handler, job.payload, executor)
     except Exception as exc:
         return outcome_of(exc)
     finally:

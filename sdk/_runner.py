@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from core.wire import LeasedJob
@@ -16,7 +16,7 @@ from core.wire import LeasedJob
 from ._acks import AckBatcher
 from ._backoff import backoff_s
 from ._errors import ApiError, Conflict, Forbidden, NotFound, SdkError, Unauthorized, is_transient
-from ._outcome import Handler, HandlerT, Outcome, interrupted, is_async, resolve, run_job
+from ._outcome import Handler, HandlerT, Outcome, interrupted, is_async, run_job
 from ._worker import WorkerClient
 
 log = logging.getLogger("orchestrator.sdk")
@@ -27,12 +27,24 @@ CLOSE_FLUSH_TIMEOUT_S = 30.0
 
 Interrupt = Literal["cancel_requested", "shutdown"]
 
+NEVER = math.inf
 
-@dataclass(eq=False)
+
 class _Running:
-    job: LeasedJob
-    work: asyncio.Future[Outcome] | None = None
-    interrupt: Interrupt | None = None
+    """One leased job while its task runs. `beat_at` is the loop time its next heartbeat is due
+    (NEVER while one is in flight, or once heartbeats for it have stopped)."""
+
+    __slots__ = ("beat_at", "done", "failures", "interrupt", "interruptible", "job", "started", "task")
+
+    def __init__(self, job: LeasedJob, beat_at: float) -> None:
+        self.job = job
+        self.beat_at = beat_at
+        self.task: asyncio.Task[None] | None = None
+        self.started = False  # the handler was called: an interruption now cancels the task
+        self.done = False  # the outcome is known
+        self.interrupt: Interrupt | None = None
+        self.interruptible = False  # a coroutine handler: a cancellation request can stop it
+        self.failures = 0  # heartbeats failed in a row
 
 
 class WorkerRunner:
@@ -90,9 +102,16 @@ class WorkerRunner:
         self._stop_requested = False
         self._fatal: ApiError | None = None
         self._fatal_seen: asyncio.Event | None = None
-        self._running: dict[asyncio.Task[None], _Running] = {}
+        self._running: set[_Running] = set()
+        self._room: asyncio.Event | None = None  # set when a slot frees up (or to wake the lease loop)
         self._executor: ThreadPoolExecutor | None = None
         self._acks: AckBatcher | None = None
+        # Heartbeats: one timer per runner scans the running jobs for those due.
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_at = NEVER
+        self._beats: set[asyncio.Task[None]] = set()
+        # id(handler) -> (handler, is it a coroutine function?); the handler is kept so the id stays its own.
+        self._kinds: dict[int, tuple[Handler, bool]] = {}
 
     # --- handlers --------------------------------------------------------------------------
 
@@ -136,6 +155,8 @@ class WorkerRunner:
     def _wake(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
+        if self._room is not None:
+            self._room.set()
 
     def _give_up(self, exc: ApiError) -> None:
         """A credential error seen by a job task or the ack sender: `run()` stops and raises it."""
@@ -150,8 +171,9 @@ class WorkerRunner:
         with backoff; `Unauthorized`, `Forbidden` and other 4xx answers to a lease are raised."""
         if self._loop is not None:
             raise RuntimeError("this runner is already running")
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._room = asyncio.Event()
         self._fatal_seen = asyncio.Event()
         if self._stop_requested:
             self._stopping.set()
@@ -164,6 +186,7 @@ class WorkerRunner:
             name=self._name,
         )
         self._acks.start()
+        self._schedule_tick(loop.time() + self.lease_seconds / 3)
         stop_signal = asyncio.ensure_future(self._stopping.wait())
         try:
             try:
@@ -177,24 +200,33 @@ class WorkerRunner:
             await self._drain()
         finally:
             stop_signal.cancel()
+            await self._stop_heartbeats()
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
             self._acks = None
             self._fatal_seen = None
             self._loop = None
             self._stopping = None
+            self._room = None
             self._stop_requested = False
+            self._kinds.clear()
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
             raise fatal
 
     async def _lease_loop(self, stop_signal: asyncio.Future[Any]) -> None:
         assert self._stopping is not None
+        assert self._room is not None
+        loop = asyncio.get_running_loop()
+        running = self._running
+        room_event = self._room
         failures = 0
         while not self._stopping.is_set():
-            room = self.concurrency - len(self._running)
+            room = self.concurrency - len(running)
             if room <= 0:
-                await asyncio.wait({stop_signal, *self._running}, return_when=asyncio.FIRST_COMPLETED)
+                # Woken by the first handler to finish (or by stop()), not by a timer.
+                room_event.clear()
+                await room_event.wait()
                 continue
             try:
                 jobs = await self._lease(min(room, MAX_LEASE_BATCH), stop_signal)
@@ -210,14 +242,14 @@ class WorkerRunner:
                 await asyncio.wait({stop_signal}, timeout=delay)
                 continue
             failures = 0
+            if not jobs:
+                continue
+            beat_at = loop.time() + self.lease_seconds / 3
+            execute = self._execute
             for job in jobs:
-                state = _Running(job)
-                task = asyncio.create_task(self._execute(state), name=f"orchestrator-job-{job.id}")
-                self._running[task] = state
-                task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+                state = _Running(job, beat_at)
+                state.task = loop.create_task(execute(state))
+                running.add(state)
 
     async def _drain(self) -> None:
         """Let running handlers finish up to the deadline, interrupt the rest, send every outcome."""
@@ -235,7 +267,7 @@ class WorkerRunner:
             fatal = asyncio.ensure_future(self._fatal_seen.wait())
             try:
                 while self._running and self._fatal is None and (left := deadline - loop.time()) > 0:
-                    await asyncio.wait({fatal, *self._running}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({fatal, *self._tasks()}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 fatal.cancel()
             if self._running and self._fatal is None:
@@ -245,9 +277,9 @@ class WorkerRunner:
                     len(self._running),
                     self.shutdown_timeout_s,
                 )
-                for state in self._running.values():
+                for state in list(self._running):
                     self._interrupt(state, "shutdown")
-                await asyncio.wait(set(self._running))
+                await asyncio.wait(self._tasks())
         if self._fatal is not None:
             await self._abandon()
             return
@@ -256,14 +288,18 @@ class WorkerRunner:
         except TimeoutError:
             log.error("worker %s: could not report every outcome within %.0f s", self._name, CLOSE_FLUSH_TIMEOUT_S)
 
+    def _tasks(self) -> set[asyncio.Task[None]]:
+        return {s.task for s in self._running if s.task is not None}
+
     async def _abandon(self) -> None:
         """Cancel everything without reporting the jobs that run; send what already finished, briefly."""
         assert self._acks is not None
-        tasks = set(self._running)
+        tasks = self._tasks()
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        self._running.clear()  # a task cancelled before it started never removed its job
         try:
             if self._fatal is None:
                 with contextlib.suppress(TimeoutError):
@@ -272,11 +308,13 @@ class WorkerRunner:
             await self._acks.abort()
 
     def _interrupt(self, state: _Running, reason: Interrupt) -> None:
-        if state.work is None:
-            state.interrupt = reason  # not started yet: it will not start
-        elif not state.work.done():
-            state.interrupt = reason
-            state.work.cancel()
+        """Stop a job's handler; the first reason given is the one reported."""
+        if state.done or state.interrupt is not None:
+            return
+        state.interrupt = reason
+        if state.started and state.task is not None:
+            state.task.cancel()
+        # else: not started yet, and it will not start
 
     async def _lease(self, room: int, stop_signal: asyncio.Future[Any]) -> list[LeasedJob]:
         lease = asyncio.ensure_future(
@@ -294,63 +332,141 @@ class WorkerRunner:
 
     # --- one job ---------------------------------------------------------------------------
 
+    def _resolve(self, kind: str) -> tuple[Handler | None, bool]:
+        """The handler for `kind`, and whether it is a coroutine function (worked out once per handler)."""
+        handler = self.handlers.get(kind, self.default_handler)
+        if handler is None:
+            return None, False
+        known = self._kinds.get(id(handler))
+        if known is None or known[0] is not handler:
+            known = self._kinds[id(handler)] = (handler, is_async(handler))
+        return handler, known[1]
+
     async def _execute(self, state: _Running) -> None:
+        """A job's whole life in its one task: run the handler, queue the outcome, free the slot."""
         job = state.job
         try:
-            outcome = await self._run_handler(state)
+            if state.interrupt is not None:
+                outcome = interrupted(state.interrupt)
+            else:
+                state.started = True
+                outcome = await self._run_handler(state)
+            state.done = True
+            if self._acks is not None:
+                self._acks.add(job, outcome)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("worker %s: job %s: unexpected error in the runner", self._name, job.id)
-            return
-        if self._acks is not None:
-            self._acks.add(job, outcome)
+        finally:
+            state.done = True
+            state.beat_at = NEVER
+            self._running.discard(state)
+            if self._room is not None:
+                self._room.set()
 
     async def _run_handler(self, state: _Running) -> Outcome:
         job = state.job
-        if state.interrupt is not None:
-            return interrupted(state.interrupt)
-        handler = resolve(job.kind, self.handlers, self.default_handler)
+        handler, asynchronous = self._resolve(job.kind)
         if handler is None:
             log.error("worker %s: job %s: no handler for kind %r", self._name, job.id, job.kind)
-        work = state.work = asyncio.ensure_future(run_job(handler, job, self._executor))
         # A cancellation request can stop a coroutine; a thread cannot be stopped and runs on.
-        beat = asyncio.ensure_future(self._keep_alive(state, handler is not None and is_async(handler)))
+        state.interruptible = asynchronous
         try:
-            return await work
+            return await run_job(handler, job, self._executor, asynchronous=asynchronous)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            task = state.task
+            assert task is not None
+            if state.interrupt is not None:
+                # Our own cancel: take it back; if anything else is left, the runner is being cancelled.
+                if task.uncancel() == 0:
+                    return interrupted(state.interrupt)
+                raise
+            if task.cancelling():
                 raise  # the runner itself is being cancelled: abandon the job
-            return interrupted(state.interrupt or "unexpected")
-        finally:
-            beat.cancel()
-            await asyncio.wait({beat})
+            return interrupted("unexpected")
 
-    async def _keep_alive(self, state: _Running, interruptible: bool) -> None:
-        """Heartbeat until cancelled; interrupt the handler when the job's cancellation is requested."""
+    # --- heartbeats ------------------------------------------------------------------------
+
+    def _schedule_tick(self, when: float) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self._tick_at = when
+        self._ticker = loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        """Start a heartbeat for every running job that is due one; sleep until the next is due.
+        A job that ends before its first heartbeat is due costs nothing here."""
+        loop = self._loop
+        if loop is None:
+            return
+        interval = self.lease_seconds / 3
+        now = loop.time()
+        horizon = now + interval / 10  # beat a little early rather than wake again for it
+        next_at = now + interval  # a job leased from now on is first due no sooner
+        for state in self._running:
+            at = state.beat_at
+            if at <= horizon:
+                state.beat_at = NEVER
+                task = loop.create_task(self._beat(state))
+                self._beats.add(task)
+                task.add_done_callback(self._beats.discard)
+            elif at < next_at:
+                next_at = at
+        self._ticker = None
+        self._schedule_tick(next_at)
+
+    def _beat_again(self, state: _Running, delay: float) -> None:
+        if state.done or self._loop is None:
+            return
+        state.beat_at = at = self._loop.time() + delay
+        if at < self._tick_at:
+            self._schedule_tick(at)
+
+    async def _beat(self, state: _Running) -> None:
+        """One heartbeat; interrupt the handler when the job's cancellation is requested."""
         job = state.job
         interval = self.lease_seconds / 3
-        failures = 0
-        while True:
-            await asyncio.sleep(min(interval, backoff_s(failures)) if failures else interval)
-            try:
-                beat = await self.client.heartbeat(job.id, job.lease_token, extend_seconds=self.lease_seconds)
-            except (Conflict, NotFound) as exc:
+        try:
+            beat = await self.client.heartbeat(job.id, job.lease_token, extend_seconds=self.lease_seconds)
+        except (Conflict, NotFound) as exc:
+            if not state.done:
                 log.warning("worker %s: job %s: lease lost (%s)", self._name, job.id, exc.detail)
+            return
+        except (Unauthorized, Forbidden) as exc:
+            self._give_up(exc)
+            return
+        except SdkError as exc:
+            if state.done:
                 return
-            except (Unauthorized, Forbidden) as exc:
-                self._give_up(exc)
+            if not is_transient(exc):
+                log.error("worker %s: job %s: heartbeat refused: %s", self._name, job.id, exc)
                 return
-            except SdkError as exc:
-                if not is_transient(exc):
-                    log.error("worker %s: job %s: heartbeat refused: %s", self._name, job.id, exc)
-                    return
-                failures += 1
-                log.warning("worker %s: job %s: heartbeat failed (%s)", self._name, job.id, exc)
-                continue
-            failures = 0
-            if beat.cancel_requested and interruptible:
-                log.info("worker %s: job %s: cancellation requested; stopping the handler", self._name, job.id)
-                self._interrupt(state, "cancel_requested")
-                return
+            state.failures += 1
+            log.warning("worker %s: job %s: heartbeat failed (%s)", self._name, job.id, exc)
+            self._beat_again(state, min(interval, backoff_s(state.failures)))
+            return
+        except Exception:
+            log.exception("worker %s: job %s: unexpected error in a heartbeat", self._name, job.id)
+            self._beat_again(state, interval)
+            return
+        state.failures = 0
+        if beat.cancel_requested and state.interruptible and not state.done:
+            log.info("worker %s: job %s: cancellation requested; stopping the handler", self._name, job.id)
+            self._interrupt(state, "cancel_requested")
+            return
+        self._beat_again(state, interval)
+
+    async def _stop_heartbeats(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        self._tick_at = NEVER
+        beats = set(self._beats)
+        for task in beats:
+            task.cancel()
+        if beats:
+            await asyncio.wait(beats)

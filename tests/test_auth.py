@@ -109,5 +109,8 @@ async def test_shared_worker_keys_may_not_act_as_tenants(api: Api) -> None:
 
 async def test_disabled_tenant_is_forbidden(api: Api) -> None:
     key = await api.tenant("tenant-a")
+    assert (await api.signed(key, "GET", "/v1/jobs")).status == 200  # the key is known to the gateway now
     assert (await api.admin("PATCH", "/v1/admin/tenants/tenant-a", {"disabled": True})).body["disabled"] is True
     _problem(await api.signed(key, "POST", "/v1/jobs", {"payload": {}}), 403)
+    assert (await api.admin("PATCH", "/v1/admin/tenants/tenant-a", {"disabled": False})).body["disabled"] is False
+    assert (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).status == 201

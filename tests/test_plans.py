@@ -72,7 +72,11 @@ async def test_lease_uses_the_ready_index(conn: Any) -> None:
 
 
 async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> None:
-    nodes = await _plan(conn, sql("tenant_pick"), ["q0", "q1", "q2", "q3"], 8)
+    # The pick is the body of orch_tenant_pick, which runs it with a generic plan.
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_tenant_pick'")
+    query = body.split("RETURN QUERY", 1)[1].split(";", 1)[0]
+    query = query.replace("p_queues", "$1::text[]").replace("p_limit", "$2::int")
+    nodes = await _plan(conn, query, ["q0", "q1", "q2", "q3"], 8)
     jobs_nodes = [n for n in nodes if n.get("Relation Name") == "jobs"]
     assert {n["Index Name"] for n in jobs_nodes} <= {"jobs_running_tenant"}, jobs_nodes
 

@@ -380,6 +380,104 @@ async def test_heartbeats_keep_a_long_job_leased(api: Api, tenant_a: str, produc
     assert (done.state, done.attempts, done.result) == (JobState.SUCCEEDED, 1, "done")
 
 
+class BeatRecordingClient(WorkerClient):
+    """Records the job of every heartbeat. The first `failures` heartbeats fail as if the gateway
+    were unreachable; those of the jobs in `lost` are refused as if their leases were lost."""
+
+    def __init__(self, *args: Any, failures: int = 0, lost: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+        self.lost = set(lost)
+        self.beats: list[str] = []
+        self.failed: list[str] = []
+        self.refused: list[str] = []
+
+    async def heartbeat(self, job_id: str, lease_token: int, extend_seconds: int | None = None) -> HeartbeatResponse:
+        if self.failures > 0:
+            self.failures -= 1
+            self.failed.append(job_id)
+            raise TransportError("simulated outage")
+        if job_id in self.lost:
+            self.refused.append(job_id)
+            raise Conflict(409, "simulated: the lease token is stale")
+        beat = await super().heartbeat(job_id, lease_token, extend_seconds)
+        self.beats.append(job_id)
+        return beat
+
+
+@pytest.mark.timeout(60)
+async def test_only_jobs_that_outlive_a_third_of_their_lease_are_heartbeated(
+    api: Api, tenant_a: str, producer: ProducerClient
+) -> None:
+    slow = await producer.submit({"slow": True})
+    quick = await producer.submit_many([JobSubmit(payload={"n": n}) for n in range(10)])
+    release = asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> str:
+        if payload.get("slow"):
+            await release.wait()
+        return "done"
+
+    async with BeatRecordingClient(api.url, worker_id="w1", api_key=tenant_a, failures=2) as client:
+        runner = WorkerRunner(client, handler, concurrency=20, lease_seconds=1)
+        task = asyncio.create_task(runner.run())
+        try:
+            await eventually(lambda: all_in(producer, quick, JobState.SUCCEEDED))
+
+            async def outlived_lease() -> bool:
+                assert not task.done(), task
+                # Two failed heartbeats were retried with backoff; four good ones span > 1.3 s,
+                # longer than the 1 s lease the job was leased with.
+                return len(client.beats) >= 4
+
+            await eventually(outlived_lease)
+            r = await api.admin("POST", "/v1/admin/reap")
+            assert r.status == 200, r.body
+            assert (await producer.get(slow.id)).state is JobState.RUNNING  # its lease was extended
+            release.set()
+            done = await producer.wait(slow.id, timeout_s=20)
+        finally:
+            release.set()
+            runner.stop()
+            await asyncio.wait_for(task, 10)
+    assert (done.state, done.attempts, done.result) == (JobState.SUCCEEDED, 1, "done")
+    assert set(client.failed) == set(client.beats) == {slow.id}  # quick jobs cost no heartbeat
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_lease_stops_the_heartbeats_of_that_job(
+    api: Api, tenant_a: str, producer: ProducerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    lost, kept = await producer.submit_many([JobSubmit(payload={"n": n}) for n in range(2)])
+    release = asyncio.Event()
+
+    async def handler(payload: dict[str, Any]) -> None:
+        await release.wait()
+
+    async with BeatRecordingClient(api.url, worker_id="w1", api_key=tenant_a, lost=[lost.id]) as client:
+        runner = WorkerRunner(client, handler, concurrency=2, lease_seconds=1)
+        task = asyncio.create_task(runner.run())
+        try:
+            with caplog.at_level(logging.WARNING, logger="orchestrator.sdk"):
+
+                async def beaten_on() -> bool:
+                    assert not task.done(), task
+                    # The other job's heartbeats went on for more than a lease meanwhile.
+                    return client.beats.count(kept.id) >= 4
+
+                await eventually(beaten_on)
+            assert client.refused == [lost.id]  # asked once, never again
+            assert f"job {lost.id}: lease lost" in caplog.text
+            assert runner.running == 2  # the handler still runs
+            release.set()
+            done = await producer.wait(kept.id, timeout_s=20)
+        finally:
+            release.set()
+            runner.stop()
+            await asyncio.wait_for(task, 10)
+    assert (done.state, done.attempts) == (JobState.SUCCEEDED, 1)
+
+
 @pytest.mark.timeout(60)
 async def test_runner_retries_an_unreachable_gateway_and_still_stops(tenant_a: str) -> None:
     async def handler(payload: dict[str, Any]) -> None:

@@ -49,33 +49,11 @@ SELECT * FROM jobs
  LIMIT $5;
 
 -- name: tenant_pick
--- Weighted fair share (stride scheduling): of the tenants that may have ready jobs in these
--- queues, are enabled, not paused there and below their in-flight cap, the least served first.
--- Reads runnable_queues and tenants, never a scan of jobs; capped tenants count their running
--- jobs through jobs_running_tenant (at most the cap's worth of entries).
-SELECT t.id, t.max_inflight, t.vpass, max(t.vpass) OVER () AS lead_pass
-  FROM tenants t
- WHERE t.id IN (SELECT r.tenant_id FROM runnable_queues r
-                 WHERE r.queue = ANY($1::text[])
-                   AND NOT EXISTS (SELECT 1 FROM queue_pauses p
-                                    WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
-   AND NOT t.disabled
-   AND (t.max_inflight IS NULL
-        OR t.max_inflight > (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
- ORDER BY t.vpass, t.id
- LIMIT $2;
-
--- name: runnable_queue_lock
--- Try to take the pairs exclusively; returns the queues whose lock we got. Transactions making
--- jobs ready in a pair hold its lock shared until they commit.
-SELECT q FROM unnest($2::text[]) AS q WHERE pg_try_advisory_xact_lock(orch_queue_lock_key($1, q));
+-- The function (migration 0007) keeps a generic plan: see its comment for the pick itself.
+SELECT id, max_inflight, vpass, lead_pass FROM orch_tenant_pick($1::text[], $2);
 
 -- name: runnable_queue_forget
--- Run after runnable_queue_lock, in the same transaction, so this statement's snapshot sees
--- every job made ready in these pairs before the lock was granted.
-DELETE FROM runnable_queues r
- WHERE r.tenant_id = $1 AND r.queue = ANY($2::text[])
-   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = r.tenant_id AND j.queue = r.queue AND j.state = 'ready');
+SELECT orch_runnable_forget($1, $2::text[]);
 
 -- name: tenant_inflight_lock
 -- Serialises leases of one capped tenant so that counting its running jobs and leasing more
