@@ -90,20 +90,17 @@ CREATE FUNCTION public.orch_runnable_forget(p_tenant text, p_queues text[]) RETU
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    locked text[];
-    forgotten integer;
+    q text;
+    forgotten integer := 0;
 BEGIN
-    SELECT array_agg(q) INTO locked
-      FROM unnest(p_queues) AS q
-     WHERE pg_try_advisory_xact_lock(orch_queue_lock_key(p_tenant, q));
-    IF locked IS NULL THEN
-        RETURN 0;
-    END IF;
-    DELETE FROM runnable_queues r
-     WHERE r.tenant_id = p_tenant AND r.queue = ANY(locked)
-       AND NOT EXISTS (SELECT 1 FROM jobs j
-                        WHERE j.tenant_id = r.tenant_id AND j.queue = r.queue AND j.state = 'ready');
-    GET DIAGNOSTICS forgotten = ROW_COUNT;
+    FOREACH q IN ARRAY p_queues LOOP
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(orch_queue_lock_key(p_tenant, q));
+        CONTINUE WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = p_tenant AND j.queue = q AND j.state = 'ready');
+        DELETE FROM runnable_queues r WHERE r.tenant_id = p_tenant AND r.queue = q;
+        IF FOUND THEN
+            forgotten := forgotten + 1;
+        END IF;
+    END LOOP;
     RETURN forgotten;
 END
 $$;

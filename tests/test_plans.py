@@ -81,6 +81,15 @@ async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> Non
     assert {n["Index Name"] for n in jobs_nodes} <= {"jobs_running_tenant"}, jobs_nodes
 
 
+async def test_forgetting_a_pair_probes_the_ready_index(conn: Any) -> None:
+    # The check inside orch_runnable_forget, one pair at a time, with a generic plan.
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_runnable_forget'")
+    probe = body.split("CONTINUE WHEN EXISTS (", 1)[1].split(");", 1)[0]
+    probe = probe.replace("p_tenant", "$1::text").replace("j.queue = q ", "j.queue = $2::text ")
+    assert "$2" in probe, probe
+    assert _indexes(await _plan(conn, probe, "t5", "q1")) & {"jobs_ready", "jobs_ready_fifo"}
+
+
 async def test_complete_fail_heartbeat_and_reap_use_their_indexes(conn: Any) -> None:
     ids, tokens = [1, 51, 101], [1, 51, 101]
     assert "jobs_pkey" in _indexes(await _plan(conn, sql("job_complete_many"), ids, tokens, [None] * 3, None))

@@ -58,26 +58,25 @@ END
 $$;
 
 -- Forgets the tenant's pairs that hold no ready job, in one round trip: the pair locks are tried
--- first (transactions making jobs ready hold them shared until they commit), then the delete, a
+-- first (transactions making jobs ready hold them shared until they commit), then each check, a
 -- new statement of a volatile function and so with a new snapshot, sees every job made ready
 -- before the locks were granted. The locks are held to the end of the caller's transaction.
+-- One pair at a time: the check is then one probe of jobs_ready whatever the plan, where a
+-- generic plan of a set-wise anti-join may hash every ready job of the table.
 CREATE FUNCTION orch_runnable_forget(p_tenant text, p_queues text[]) RETURNS integer
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    locked text[];
-    forgotten integer;
+    q text;
+    forgotten integer := 0;
 BEGIN
-    SELECT array_agg(q) INTO locked
-      FROM unnest(p_queues) AS q
-     WHERE pg_try_advisory_xact_lock(orch_queue_lock_key(p_tenant, q));
-    IF locked IS NULL THEN
-        RETURN 0;
-    END IF;
-    DELETE FROM runnable_queues r
-     WHERE r.tenant_id = p_tenant AND r.queue = ANY(locked)
-       AND NOT EXISTS (SELECT 1 FROM jobs j
-                        WHERE j.tenant_id = r.tenant_id AND j.queue = r.queue AND j.state = 'ready');
-    GET DIAGNOSTICS forgotten = ROW_COUNT;
+    FOREACH q IN ARRAY p_queues LOOP
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(orch_queue_lock_key(p_tenant, q));
+        CONTINUE WHEN EXISTS (SELECT 1 FROM jobs j WHERE j.tenant_id = p_tenant AND j.queue = q AND j.state = 'ready');
+        DELETE FROM runnable_queues r WHERE r.tenant_id = p_tenant AND r.queue = q;
+        IF FOUND THEN
+            forgotten := forgotten + 1;
+        END IF;
+    END LOOP;
     RETURN forgotten;
 END
 $$;
