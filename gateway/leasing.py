@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+
 import db
 from core.wire import LeasedJob, LeaseRequest
 
 from .runtime import Runtime
+
+log = logging.getLogger("orchestrator.leasing")
 
 # How many tenants one shared lease considers before giving up on this round.
 CANDIDATES = 8
@@ -27,6 +32,19 @@ FIFO_SHARE = 0.1
 class Leaser:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        self._forgetting: set[asyncio.Task[None]] = set()
+
+    def _forget_soon(self, tenant_id: str, queues: list[str]) -> None:
+        task = asyncio.create_task(self._forget(tenant_id, queues))
+        self._forgetting.add(task)
+        task.add_done_callback(self._forgetting.discard)
+
+    async def _forget(self, tenant_id: str, queues: list[str]) -> None:
+        try:
+            async with self._rt.pool.acquire() as conn:
+                await db.runnable_queue_forget(conn, tenant_id, queues)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("forgetting an emptied queue failed: %s", exc)  # the next empty lease forgets it
 
     async def lease(
         self, tenant_id: str | None, req: LeaseRequest, disconnected: asyncio.Future[object] | None = None
@@ -100,6 +118,10 @@ class Leaser:
             if not got:
                 # Its ready jobs are gone (or all locked by other leases): stop offering it.
                 await db.runnable_queue_forget(conn, c.tenant_id, req.queues)
+            elif len(got) < req.max_jobs - len(leased):
+                # This lease likely took its last ready jobs: forget the pair now, after answering,
+                # so the next lease does not pay a lease statement to find that out.
+                self._forget_soon(c.tenant_id, req.queues)
             leased += got
             if len(leased) >= req.max_jobs:
                 break
