@@ -32,10 +32,6 @@ _QUEUE_PAUSED = sql("queue_paused_list")
 _INFLIGHT_LOCK = sql("tenant_inflight_lock")
 _INFLIGHT_ROOM = sql("tenant_inflight_room")
 _LEASE = sql("job_lease")
-# The starvation guard: the same statement taking the oldest ready jobs whatever their priority.
-_LEASE_ORDER = "ORDER BY priority DESC, id /* lease order */"
-assert _LEASE.count(_LEASE_ORDER) == 2
-_LEASE_FIFO = _LEASE.replace(_LEASE_ORDER, "ORDER BY id")
 _HEARTBEAT = sql("job_heartbeat")
 _COMPLETE_MANY = sql("job_complete_many")
 _FAIL_MANY = sql("job_fail_many")
@@ -177,8 +173,7 @@ async def job_lease(
 ) -> list[LeasedJob]:
     """Lease up to `limit` ready jobs. `pass_floor` (shared leases) advances the tenant's fair-share
     pass; `fifo` takes the oldest jobs whatever their priority."""
-    statement = _LEASE_FIFO if fifo else _LEASE
-    rows = await conn.fetch(statement, tenant_id, list(queues), limit, lease_seconds, worker_id, pass_floor)
+    rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id, pass_floor, fifo)
     return [leased_job_from_row(r) for r in rows]
 
 

@@ -36,6 +36,128 @@ BEGIN
 END
 $$;
 
+CREATE TABLE public.jobs (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    queue text NOT NULL,
+    kind text DEFAULT ''::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    state public.job_state NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    result jsonb,
+    last_error text,
+    idempotency_key text,
+    timeout_seconds integer,
+    lease_token bigint,
+    lease_expires_at timestamp with time zone,
+    worker_id text,
+    cancel_requested boolean DEFAULT false NOT NULL,
+    retry_base_ms bigint,
+    retry_cap_ms bigint,
+    traceparent text,
+    CONSTRAINT jobs_attempts_range CHECK (((attempts >= 0) AND (attempts <= max_attempts) AND (max_attempts >= 1))),
+    CONSTRAINT jobs_finished_iff_terminal CHECK (((state = ANY (ARRAY['succeeded'::public.job_state, 'dead'::public.job_state, 'cancelled'::public.job_state])) = (finished_at IS NOT NULL))),
+    CONSTRAINT jobs_lease_iff_running CHECK (((state = 'running'::public.job_state) = (lease_expires_at IS NOT NULL))),
+    CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
+    CONSTRAINT jobs_retry_base_ms_check CHECK ((retry_base_ms >= 0)),
+    CONSTRAINT jobs_retry_cap_ms_check CHECK ((retry_cap_ms >= 0)),
+    CONSTRAINT jobs_running_has_token CHECK (((state <> 'running'::public.job_state) OR (lease_token IS NOT NULL))),
+    CONSTRAINT jobs_started_when_run CHECK (((state <> ALL (ARRAY['running'::public.job_state, 'succeeded'::public.job_state])) OR (started_at IS NOT NULL))),
+    CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0)),
+    CONSTRAINT jobs_traceparent_check CHECK ((traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text))
+);
+
+CREATE FUNCTION public.orch_job_lease(p_tenant text, p_queues text[], p_limit integer, p_lease_seconds integer, p_worker text, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $_$
+BEGIN
+    IF p_fifo THEN
+        RETURN QUERY
+        WITH picked AS (
+            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
+            -- one scan), each locking at most $3 rows, then the best $3 of them.
+            SELECT x.id
+              FROM unnest(ARRAY(SELECT unnest($2::text[])
+                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
+             CROSS JOIN LATERAL (
+                    SELECT id, priority FROM jobs
+                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
+                     ORDER BY id
+                     LIMIT $3
+                       FOR UPDATE SKIP LOCKED) x
+             ORDER BY id
+             LIMIT $3
+        ), leased AS (
+            UPDATE jobs j
+               SET state = 'running',
+                   attempts = j.attempts + 1,
+                   lease_token = nextval('lease_token_seq'),
+                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
+                   started_at = now(),
+                   worker_id = $5
+              FROM picked
+             WHERE j.id = picked.id
+            RETURNING j.*
+        ), ev AS (
+            INSERT INTO events (tenant_id, job_id, queue, type, data)
+            SELECT tenant_id, id, queue, 'job.started',
+                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
+              FROM leased ORDER BY id
+        ), pass AS (
+            UPDATE tenants t
+               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
+             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
+        )
+        SELECT * FROM leased ORDER BY priority DESC, id;
+    ELSE
+        RETURN QUERY
+        WITH picked AS (
+            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
+            -- one scan), each locking at most $3 rows, then the best $3 of them.
+            SELECT x.id
+              FROM unnest(ARRAY(SELECT unnest($2::text[])
+                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
+             CROSS JOIN LATERAL (
+                    SELECT id, priority FROM jobs
+                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
+                     ORDER BY priority DESC, id
+                     LIMIT $3
+                       FOR UPDATE SKIP LOCKED) x
+             ORDER BY priority DESC, id
+             LIMIT $3
+        ), leased AS (
+            UPDATE jobs j
+               SET state = 'running',
+                   attempts = j.attempts + 1,
+                   lease_token = nextval('lease_token_seq'),
+                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
+                   started_at = now(),
+                   worker_id = $5
+              FROM picked
+             WHERE j.id = picked.id
+            RETURNING j.*
+        ), ev AS (
+            INSERT INTO events (tenant_id, job_id, queue, type, data)
+            SELECT tenant_id, id, queue, 'job.started',
+                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
+              FROM leased ORDER BY id
+        ), pass AS (
+            UPDATE tenants t
+               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
+             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
+        )
+        SELECT * FROM leased ORDER BY priority DESC, id;
+    END IF;
+END
+$_$;
+
 CREATE FUNCTION public.orch_jobs_notify() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
@@ -174,43 +296,6 @@ ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
-CREATE TABLE public.jobs (
-    id bigint NOT NULL,
-    tenant_id text NOT NULL,
-    queue text NOT NULL,
-    kind text DEFAULT ''::text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    state public.job_state NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer NOT NULL,
-    run_at timestamp with time zone DEFAULT now() NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    result jsonb,
-    last_error text,
-    idempotency_key text,
-    timeout_seconds integer,
-    lease_token bigint,
-    lease_expires_at timestamp with time zone,
-    worker_id text,
-    cancel_requested boolean DEFAULT false NOT NULL,
-    retry_base_ms bigint,
-    retry_cap_ms bigint,
-    traceparent text,
-    CONSTRAINT jobs_attempts_range CHECK (((attempts >= 0) AND (attempts <= max_attempts) AND (max_attempts >= 1))),
-    CONSTRAINT jobs_finished_iff_terminal CHECK (((state = ANY (ARRAY['succeeded'::public.job_state, 'dead'::public.job_state, 'cancelled'::public.job_state])) = (finished_at IS NOT NULL))),
-    CONSTRAINT jobs_lease_iff_running CHECK (((state = 'running'::public.job_state) = (lease_expires_at IS NOT NULL))),
-    CONSTRAINT jobs_queue_check CHECK ((queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
-    CONSTRAINT jobs_retry_base_ms_check CHECK ((retry_base_ms >= 0)),
-    CONSTRAINT jobs_retry_cap_ms_check CHECK ((retry_cap_ms >= 0)),
-    CONSTRAINT jobs_running_has_token CHECK (((state <> 'running'::public.job_state) OR (lease_token IS NOT NULL))),
-    CONSTRAINT jobs_started_when_run CHECK (((state <> ALL (ARRAY['running'::public.job_state, 'succeeded'::public.job_state])) OR (started_at IS NOT NULL))),
-    CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0)),
-    CONSTRAINT jobs_traceparent_check CHECK ((traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text))
 );
 
 ALTER TABLE public.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (

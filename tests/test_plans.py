@@ -10,7 +10,6 @@ import pytest
 
 import db
 from db._queries import sql
-from db.jobs import _LEASE_FIFO
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,9 +65,12 @@ def _indexes(nodes: list[dict[str, Any]]) -> set[str]:
 
 
 async def test_lease_uses_the_ready_index(conn: Any) -> None:
+    # The two statements of orch_job_lease: oldest first (the starvation guard), then by priority.
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_job_lease'")
+    fifo, by_priority = (part.split(";", 1)[0] for part in body.split("RETURN QUERY")[1:])
     args = ("t5", ["q1", "q2"], 10, 30, "w", 1.0)
-    assert "jobs_ready" in _indexes(await _plan(conn, sql("job_lease"), *args))
-    assert "jobs_ready_fifo" in _indexes(await _plan(conn, _LEASE_FIFO, *args))
+    assert "jobs_ready" in _indexes(await _plan(conn, by_priority, *args))
+    assert "jobs_ready_fifo" in _indexes(await _plan(conn, fifo, *args))
 
 
 async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> None:

@@ -65,46 +65,8 @@ SELECT greatest(0, t.max_inflight - (SELECT count(*) FROM jobs r WHERE r.tenant_
   FROM tenants t WHERE t.id = $1;
 
 -- name: job_lease
--- Bounded SKIP LOCKED pick inside the CTE: at most $3 rows per queue are ever locked. Paused
--- queues are left out. A shared lease advances the tenant's pass by jobs / weight, first lifting
--- it to $6 (the leading pass less a small credit; NULL for pinned leases), so that a tenant that
--- was idle or new joins near the others instead of monopolising the workers until it catches up.
-WITH picked AS (
-    -- One ordered index scan per queue (a list of queues cannot be read in priority order by
-    -- one scan), each locking at most $3 rows, then the best $3 of them.
-    SELECT x.id
-      FROM unnest(ARRAY(SELECT unnest($2::text[])
-                        EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
-     CROSS JOIN LATERAL (
-            SELECT id, priority FROM jobs
-             WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
-             ORDER BY priority DESC, id /* lease order */
-             LIMIT $3
-               FOR UPDATE SKIP LOCKED) x
-     ORDER BY priority DESC, id /* lease order */
-     LIMIT $3
-), leased AS (
-    UPDATE jobs j
-       SET state = 'running',
-           attempts = j.attempts + 1,
-           lease_token = nextval('lease_token_seq'),
-           lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
-           started_at = now(),
-           worker_id = $5
-      FROM picked
-     WHERE j.id = picked.id
-    RETURNING j.*
-), ev AS (
-    INSERT INTO events (tenant_id, job_id, queue, type, data)
-    SELECT tenant_id, id, queue, 'job.started',
-           jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
-      FROM leased ORDER BY id
-), pass AS (
-    UPDATE tenants t
-       SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
-     WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
-)
-SELECT * FROM leased ORDER BY priority DESC, id;
+-- The function (migration 0007) holds the statement and keeps its generic plan.
+SELECT * FROM orch_job_lease($1, $2::text[], $3, $4, $5, $6, $7);
 
 -- name: job_heartbeat
 -- A job with a hard timeout is never extended past started_at + timeout_seconds.
