@@ -102,8 +102,9 @@ BEGIN
                    lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
                    started_at = now(),
                    worker_id = $5
-              FROM picked
-             WHERE j.id = picked.id
+             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
+             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
+             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
             RETURNING j.*
         ), ev AS (
             INSERT INTO events (tenant_id, job_id, queue, type, data)
@@ -140,8 +141,9 @@ BEGIN
                    lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
                    started_at = now(),
                    worker_id = $5
-              FROM picked
-             WHERE j.id = picked.id
+             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
+             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
+             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
             RETURNING j.*
         ), ev AS (
             INSERT INTO events (tenant_id, job_id, queue, type, data)
