@@ -14,6 +14,45 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+# The lease statement; the starvation guard's variant takes the oldest jobs whatever the priority.
+_LEASE = """        WITH picked AS (
+            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
+            -- one scan), each locking at most $3 rows, then the best $3 of them.
+            SELECT x.id
+              FROM unnest(ARRAY(SELECT unnest($2::text[])
+                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
+             CROSS JOIN LATERAL (
+                    SELECT id, priority FROM jobs
+                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
+                     ORDER BY {order}
+                     LIMIT $3
+                       FOR UPDATE SKIP LOCKED) x
+             ORDER BY {order}
+             LIMIT $3
+        ), leased AS (
+            UPDATE jobs j
+               SET state = 'running',
+                   attempts = j.attempts + 1,
+                   lease_token = nextval('lease_token_seq'),
+                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
+                   started_at = now(),
+                   worker_id = $5
+             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
+             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
+             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
+            RETURNING j.*
+        ), ev AS (
+            INSERT INTO events (tenant_id, job_id, queue, type, data)
+            SELECT tenant_id, id, queue, 'job.started',
+                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
+              FROM leased ORDER BY id
+        ), pass AS (
+            UPDATE tenants t
+               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
+             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
+        )
+        SELECT * FROM leased ORDER BY priority DESC, id"""
+
 UPGRADE = """
 -- A SQL function in FROM is planned on each call of its statement; PL/pgSQL keeps the plan.
 CREATE OR REPLACE FUNCTION orch_retry_policy(p_tenant text, p_queue text,
@@ -96,82 +135,10 @@ CREATE FUNCTION orch_job_lease(p_tenant text, p_queues text[], p_limit integer, 
 BEGIN
     IF p_fifo THEN
         RETURN QUERY
-        WITH picked AS (
-            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
-            -- one scan), each locking at most $3 rows, then the best $3 of them.
-            SELECT x.id
-              FROM unnest(ARRAY(SELECT unnest($2::text[])
-                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
-             CROSS JOIN LATERAL (
-                    SELECT id, priority FROM jobs
-                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
-                     ORDER BY id
-                     LIMIT $3
-                       FOR UPDATE SKIP LOCKED) x
-             ORDER BY id
-             LIMIT $3
-        ), leased AS (
-            UPDATE jobs j
-               SET state = 'running',
-                   attempts = j.attempts + 1,
-                   lease_token = nextval('lease_token_seq'),
-                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
-                   started_at = now(),
-                   worker_id = $5
-             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
-             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
-             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-            RETURNING j.*
-        ), ev AS (
-            INSERT INTO events (tenant_id, job_id, queue, type, data)
-            SELECT tenant_id, id, queue, 'job.started',
-                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
-              FROM leased ORDER BY id
-        ), pass AS (
-            UPDATE tenants t
-               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
-             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
-        )
-        SELECT * FROM leased ORDER BY priority DESC, id;
+""" + _LEASE.format(order="id") + """;
     ELSE
         RETURN QUERY
-        WITH picked AS (
-            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
-            -- one scan), each locking at most $3 rows, then the best $3 of them.
-            SELECT x.id
-              FROM unnest(ARRAY(SELECT unnest($2::text[])
-                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
-             CROSS JOIN LATERAL (
-                    SELECT id, priority FROM jobs
-                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
-                     ORDER BY priority DESC, id
-                     LIMIT $3
-                       FOR UPDATE SKIP LOCKED) x
-             ORDER BY priority DESC, id
-             LIMIT $3
-        ), leased AS (
-            UPDATE jobs j
-               SET state = 'running',
-                   attempts = j.attempts + 1,
-                   lease_token = nextval('lease_token_seq'),
-                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
-                   started_at = now(),
-                   worker_id = $5
-             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
-             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
-             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-            RETURNING j.*
-        ), ev AS (
-            INSERT INTO events (tenant_id, job_id, queue, type, data)
-            SELECT tenant_id, id, queue, 'job.started',
-                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
-              FROM leased ORDER BY id
-        ), pass AS (
-            UPDATE tenants t
-               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
-             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
-        )
-        SELECT * FROM leased ORDER BY priority DESC, id;
+""" + _LEASE.format(order="priority DESC, id") + """;
     END IF;
 END
 $$;
