@@ -86,7 +86,7 @@ class Histogram:
         for key, series in list(self._series.items()):
             labels = dict(sorted(key))
             cumulative = 0.0
-            for bound, n in zip((*_LATENCY_BUCKETS, float("inf")), series, strict=False):
+            for bound, n in zip((*_LATENCY_BUCKETS, float("inf")), series[:-1], strict=True):
                 cumulative += n
                 m.add_sample(f"{self.name}_bucket", {**labels, "le": _le(bound)}, cumulative)
             m.add_sample(f"{self.name}_count", labels, cumulative)

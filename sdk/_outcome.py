@@ -133,30 +133,15 @@ async def call(handler: Handler, payload: dict[str, Any], executor: Executor | N
     return await result if inspect.isawaitable(result) else result
 
 
-_otel: tuple[Any, Any] | None = None  # (propagate, trace), once imported
-_otel_missing = False
-
-
-def _opentelemetry() -> tuple[Any, Any] | None:
-    """OpenTelemetry's `propagate` and `trace` modules, imported once; None when not installed."""
-    global _otel, _otel_missing
-    if _otel is None and not _otel_missing:
-        try:
-            from opentelemetry import propagate, trace
-        except ImportError:
-            _otel_missing = True
-        else:
-            _otel = (propagate, trace)
-    return _otel
-
-
 def _span(job: Job) -> contextlib.AbstractContextManager[object]:
     """The handler's span, a child of the submit's trace, when OpenTelemetry is installed (it
     records only where the worker process configures a tracer provider)."""
-    otel = _opentelemetry() if job.traceparent is not None else None
-    if otel is None:
+    if job.traceparent is None:
         return contextlib.nullcontext()
-    propagate, trace = otel
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:
+        return contextlib.nullcontext()
     parent = propagate.extract({"traceparent": job.traceparent})
     span: contextlib.AbstractContextManager[object] = trace.get_tracer("orchestrator.sdk").start_as_current_span(
         f"job {job.kind or job.queue}",
