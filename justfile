@@ -56,3 +56,28 @@ db-dump:
 [group('db')]
 reset:
     rm -rf "${ORCH_DATA_DIR:-.orchestrator}"
+
+# Build the image and start the whole product in Docker (writes deploy/.env with fresh secrets when missing)
+[group('deploy')]
+up *args:
+    #!/usr/bin/env sh
+    set -eu
+    cd deploy
+    if [ ! -f .env ]; then
+        umask 077
+        secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(24))'; }
+        printf 'COMPOSE_PROJECT_NAME=orchestrator\nPOSTGRES_PASSWORD=%s\nORCH_ADMIN_TOKEN=%s\nGRAFANA_ADMIN_PASSWORD=%s\n' \
+            "$(secret)" "$(secret)" "$(secret)" > .env
+        echo "wrote deploy/.env: the admin token and Grafana's admin password are in it"
+    fi
+    docker compose up --build --detach "$@"
+
+# Stop the Docker deployment (`just down -v` also deletes its database and worker key)
+[group('deploy')]
+down *args:
+    cd deploy && docker compose down "$@"
+
+# Follow the Docker deployment's logs (`just logs gateway` for one service)
+[group('deploy')]
+logs *args:
+    cd deploy && docker compose logs --follow "$@"

@@ -1,62 +1,23 @@
 """A worker process of the bench: SDK `WorkerRunner`s over a shared worker key.
 
-Run as `python -m bench._agent '<AgentConfig as JSON>'`. It prints `ready` once its runners are
-built, starts them on `go` (a line on stdin), and on `stop` (or end of input) stops them, waits for
-running jobs, and prints one JSON `AgentReport` line.
+Run as `python -m bench._agent '<AgentConfig as JSON>'`; `_protocol` describes the exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import msgspec
-
 from core.wire import AckResponse, HeartbeatResponse, Job, LeasedJob
 from sdk import WorkerClient, WorkerRunner
 
+from ._protocol import AgentConfig, AgentReport, agent_main, say, stdin_lines
+
 STOP_TIMEOUT_S = 30.0
-
-
-class AgentConfig(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    url: str
-    api_key: str
-    mode: str  # "latency": record submit→start of jobs carrying "t"; "drain": a no-op handler
-    runners: int = 1
-    concurrency: int = 100
-    wait_ms: int = 30_000
-    queues: tuple[str, ...] = ("default",)
-
-
-class AgentReport(msgspec.Struct, kw_only=True):
-    name: str
-    handled: int = 0
-    latencies_ns: list[int] = []
-    lease_calls: int = 0
-    lease_nonempty: int = 0
-    leased: int = 0
-    lease_max: int = 0
-    complete_calls: int = 0
-    fail_calls: int = 0
-    ack_calls: int = 0
-    acked: int = 0
-    heartbeat_calls: int = 0
-    errors: list[str] = []
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when it is installed (it comes with uvicorn[standard]), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def _items(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -126,18 +87,6 @@ def _handler(mode: str, report: AgentReport) -> Handler:
     raise ValueError(f"unknown agent mode {mode!r}")
 
 
-async def _stdin_lines() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-def _say(line: bytes) -> None:
-    sys.stdout.buffer.write(line + b"\n")
-    sys.stdout.buffer.flush()
-
-
 async def run(config: AgentConfig) -> AgentReport:
     report = AgentReport(name=config.name)
     handler = _handler(config.mode, report)
@@ -146,8 +95,8 @@ async def run(config: AgentConfig) -> AgentReport:
         for i in range(config.runners)
     ]
     runners = [WorkerRunner(c, handler, concurrency=config.concurrency, wait_ms=config.wait_ms) for c in clients]
-    commands = await _stdin_lines()
-    _say(b"ready")
+    commands = await stdin_lines()
+    say(b"ready")
     tasks: list[asyncio.Task[None]] = []
     try:
         if (await commands.readline()).strip() == b"go":
@@ -175,14 +124,5 @@ async def run(config: AgentConfig) -> AgentReport:
     return report
 
 
-def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config = msgspec.json.decode(argv[1].encode(), type=AgentConfig)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        report = runner.run(run(config))
-    _say(msgspec.json.encode(report))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(agent_main(sys.argv, run))

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import msgspec
 
-from ._agent import loop_factory
 from ._config import PHASES, Config, quick
-from ._infra import CHILDREN, BenchError, Database
+from ._infra import CHILDREN, BenchError, PgServer
+from ._protocol import loop_factory
 from ._report import Result, load, machine_info, median_of, render, save, targets, timestamp
-from ._run import Bench, log
+from ._run import run
+from ._session import Session, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +38,16 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL") or None,
         help="PostgreSQL server to create the run's database on (default: $DATABASE_URL, else an embedded one)",
     )
-    p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}")
+    p.add_argument(
+        "--phases",
+        help=f"comma-separated, of {', '.join(PHASES)} (default: all of them; with --compare: none of them)",
+    )
+    p.add_argument(
+        "--compare",
+        choices=["pgqueuer"],
+        help="measure pgqueuer and the orchestrator alternately, same protocol, same PostgreSQL (see docs/benchmarks.md)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="--compare: rounds to alternate; medians are reported")
     # One per two cores: PostgreSQL and the workers need the rest (on 2 cores, one process used a
     # quarter less CPU per job than two, for the same drain and a lower latency).
     p.add_argument("--gateway-workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="gateway processes")
@@ -47,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-seconds", type=float, help=f"default {d.latency_seconds:g} (quick: 3)")
     g.add_argument("--latency-workers", type=int, default=d.latency_workers, help="idle worker processes")
     g.add_argument("--latency-concurrency", type=int, default=d.latency_concurrency, help="per worker")
+    g.add_argument("--parked-polls", type=int, default=d.parked_polls, help="memory: long-polls parked at once")
     g.add_argument("--safety-poll", type=float, help="ORCH_SAFETY_POLL_SECONDS for the gateways (default: theirs, 5 s)")
     g = p.add_argument_group("throughput")
     g.add_argument("--jobs", type=int, help=f"default {d.jobs:,} (quick: 5,000)")
@@ -81,12 +92,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    if args.phases is None:
+        phases = () if args.compare else PHASES
+    else:
+        phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if not 1 <= args.drain_concurrency <= 100:
         raise SystemExit("--drain-concurrency must be 1..100 (a lease asks for at most 100 jobs)")
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     for setting in args.db_setting:
         name, sep, _ = setting.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
@@ -99,6 +115,7 @@ def _config(args: argparse.Namespace) -> Config:
         latency_workers=args.latency_workers,
         latency_concurrency=args.latency_concurrency,
         safety_poll_seconds=args.safety_poll,
+        parked_polls=args.parked_polls,
         batch=args.batch,
         submitters=args.submitters,
         drain_workers=args.drain_workers,
@@ -119,26 +136,54 @@ def _config(args: argparse.Namespace) -> Config:
     return msgspec.structs.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
 
 
+def _render(result: Result) -> str:
+    text = render(result)
+    if result.get("compare"):
+        from ._compare import render_compare
+
+        text += "\n" + render_compare(result["compare"])
+    return text
+
+
 def _median(paths: list[Path]) -> int:
     runs = [load(p) for p in paths]
     result: Result = median_of(runs)
     result["runs"] = len(runs)
-    print(render(result))
+    compares = [r["compare"] for r in runs if r.get("compare")]
+    if compares:
+        from ._compare import SYSTEMS, summarise
+
+        # Medians over every round of every run, not a median of medians.
+        rounds = {system: [x for c in compares for x in c.get("runs", {}).get(system, [])] for system in SYSTEMS}
+        result["compare"].update(rounds=sum(len(x) for x in rounds.values()) // len(SYSTEMS), **summarise(rounds))
+    print(_render(result))
     return 0
 
 
-async def _run(bench: Bench) -> Result:
+async def _session(session: Session) -> Result:
+    try:
+        return await run(session)
+    finally:
+        await asyncio.shield(session.teardown())
+
+
+async def _all(cfg: Config, args: argparse.Namespace, server: PgServer, stamp: str) -> Result:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    out: Result = {}
     try:
-        return await bench.run()
+        if cfg.phases:
+            out.update(await _session(Session(cfg, server.database(), args.results_dir, stamp)))
+        if args.compare:
+            from ._compare import compare
+
+            out["compare"] = await compare(server, cfg, args.rounds, args.results_dir, stamp)
+            out.setdefault("postgres", out["compare"]["postgres"])
+        return out
     finally:
-        try:
-            await asyncio.shield(bench.teardown())
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,13 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     t0 = time.monotonic()
-    database: Database | None = None
+    server: PgServer | None = None
     try:
-        database = Database(args.database_url)
-        result["database"] = database.kind
-        bench = Bench(cfg, database, args.results_dir, stamp)
+        server = PgServer(args.database_url)
+        result["database"] = server.kind
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result.update(runner.run(_run(bench)))
+            result.update(runner.run(_all(cfg, args, server, stamp)))
     except (KeyboardInterrupt, asyncio.CancelledError):
         log("interrupted: stopped everything the bench started")
         return 130
@@ -172,14 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         CHILDREN.kill_all()
-        if database is not None:
+        if server is not None:
             with contextlib.suppress(Exception):
-                asyncio.run(database.drop())
-            database.stop()
+                asyncio.run(server.drop_all())
+            server.stop()
     result["seconds"] = time.monotonic() - t0
     result["machine"]["load_average_end"] = list(os.getloadavg())
     result["targets"] = targets(result)
-    print(render(result))
+    print(_render(result))
     if not args.no_save:
         path = save(result, args.results_dir, stamp)
         log(f"saved {path} ({result['seconds']:.0f} s)")

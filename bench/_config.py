@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-PHASES = ("latency", "throughput", "trigger", "poll", "scale")
+PHASES = ("latency", "throughput", "memory", "trigger", "poll", "scale")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +25,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     drain_workers: int = 3
     drain_runners: int = 1
     drain_concurrency: int = 100
+    # memory: long-polls parked on the gateway at once
+    parked_polls: int = 1000
     # scale
     leases: int = 500
     scale_finished: int = 1_000_000

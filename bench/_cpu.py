@@ -1,13 +1,17 @@
-"""CPU time per component (gateway, PostgreSQL, workers, the bench itself) over a measured window.
+"""CPU time and memory per component (gateway, PostgreSQL, workers, the bench itself) over a
+measured window.
 
 Uses psutil when it is installed (it is a dev dependency); without it, nothing is reported.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 Pids = Callable[[], list[int]]
 Sample = tuple[float, dict[str, dict[int, float]], float | None]
@@ -100,3 +104,67 @@ def per_job_ms(before: Sample, after: Sample, jobs: int) -> dict[str, float]:
 
 def own_pids() -> list[int]:
     return [os.getpid()]
+
+
+def _psutil() -> Any:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil
+
+
+def rss_mb(pids: Pids) -> list[float]:
+    """Resident memory of each process now, in MB, largest first."""
+    psutil = _psutil()
+    if psutil is None:
+        return []
+    out: list[float] = []
+    for pid in pids():
+        with contextlib.suppress(psutil.Error):
+            out.append(psutil.Process(pid).memory_info().rss / 1e6)
+    return sorted(out, reverse=True)
+
+
+class RssMeter:
+    """The peak resident memory of each process of each group, sampled every `every` seconds
+    between `start()` and `stop()`."""
+
+    def __init__(self, groups: dict[str, Pids], every: float = 0.2) -> None:
+        self.groups = groups
+        self.every = every
+        self._peak: dict[str, dict[int, float]] = {name: {} for name in groups}
+        self._task: asyncio.Task[None] | None = None
+        self._psutil = _psutil()
+
+    def sample(self) -> None:
+        psutil = self._psutil
+        if psutil is None:
+            return
+        for name, pids in self.groups.items():
+            peak = self._peak[name]
+            for pid in pids():
+                try:
+                    rss = psutil.Process(pid).memory_info().rss / 1e6
+                except psutil.Error:
+                    continue
+                peak[pid] = max(peak.get(pid, 0.0), rss)
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        if self._psutil is not None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> dict[str, list[float]]:
+        """Per group, each process's peak RSS in MB, largest first."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            self.sample()
+        return {name: sorted(peak.values(), reverse=True) for name, peak in self._peak.items() if peak}

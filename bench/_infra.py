@@ -21,7 +21,7 @@ import msgspec
 
 import db
 
-from ._agent import AgentConfig, AgentReport
+from ._protocol import AgentConfig, AgentReport
 
 STOP_GRACE_S = 10.0
 
@@ -95,25 +95,70 @@ CHILDREN = Children()
 # --- the database -------------------------------------------------------------------------
 
 
-class Database:
-    """A fresh database for one run, on an embedded PostgreSQL or on the server `server_url` names."""
+def command(name: str) -> str:
+    """A console script of this environment (`orchestrator`, `pgq`), as a user would run it."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise BenchError(f"no `{name}` command in this environment")
+    return found
+
+
+def run_command(args: list[str], env: dict[str, str], what: str) -> None:
+    out = subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True, check=False, timeout=300)
+    if out.returncode != 0:
+        raise BenchError(f"{what} failed ({out.returncode}):\n{(out.stdout + out.stderr)[-4000:]}")
+
+
+class PgServer:
+    """The PostgreSQL server of a run: an embedded one, or the server `server_url` names."""
 
     def __init__(self, server_url: str | None) -> None:
         self._embedded: db.EmbeddedPostgres | None = None
         self._tmp: str | None = None
-        self.name = f"orch_bench_{uuid.uuid4().hex[:10]}"
         self.kind = "external" if server_url else "embedded"
         if server_url:
-            self.server = server_url
+            self.dsn = server_url
         else:
             self._tmp = tempfile.mkdtemp(prefix="orch-bench-")
             self._embedded = db.EmbeddedPostgres(Path(self._tmp) / "pg")
-            self.server = self._embedded.dsn()
-        self.dsn = db.with_database(self.server, self.name)
+            self.dsn = self._embedded.dsn()
+        self.databases: list[Database] = []
+
+    def database(self, prefix: str = "orch_bench") -> Database:
+        database = Database(self, f"{prefix}_{uuid.uuid4().hex[:10]}")
+        self.databases.append(database)
+        return database
+
+    async def drop_all(self) -> None:
+        for database in self.databases:
+            with contextlib.suppress(Exception):
+                await database.drop()
+
+    def stop(self) -> None:
+        if self._embedded is not None:
+            with contextlib.suppress(Exception):
+                self._embedded.stop()
+            self._embedded = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+class Database:
+    """A fresh database for one run on `server`."""
+
+    def __init__(self, server: PgServer, name: str) -> None:
+        self.server = server
+        self.name = name
+        self.kind = server.kind
+        self.dsn = db.with_database(server.dsn, name)
         self._created = False
 
     async def create(self, settings: dict[str, str] | None = None) -> None:
-        conn = await db.connect(self.server, application_name="orchestrator-bench")
+        conn = await db.connect(self.server.dsn, application_name="orchestrator-bench")
         try:
             await db.database_create(conn, self.name)
             self._created = True
@@ -124,26 +169,18 @@ class Database:
             await conn.close()
 
     def migrate(self) -> None:
-        db.upgrade(self.dsn)
+        """`orchestrator migrate`, as an operator would."""
+        run_command([command("orchestrator"), "migrate"], {"DATABASE_URL": self.dsn}, "orchestrator migrate")
 
     async def drop(self) -> None:
         if not self._created:
             return
-        conn = await db.connect(self.server, application_name="orchestrator-bench")
+        conn = await db.connect(self.server.dsn, application_name="orchestrator-bench")
         try:
             await db.database_drop(conn, self.name)
             self._created = False
         finally:
             await conn.close()
-
-    def stop(self) -> None:
-        if self._embedded is not None:
-            with contextlib.suppress(Exception):
-                self._embedded.stop()
-            self._embedded = None
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
 
 
 # --- gateway processes --------------------------------------------------------------------
@@ -172,7 +209,7 @@ class Gateway:
         if safety_poll_seconds is not None:
             env["ORCH_SAFETY_POLL_SECONDS"] = str(safety_poll_seconds)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), "--workers", str(workers)]
+        cmd = [command("orchestrator"), "serve", "--port", str(self.port), "--workers", str(workers)]
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
@@ -260,7 +297,8 @@ class Admin:
 
 
 class Agent:
-    """One worker process (`python -m bench._agent`): ready → go → stop, with a report at the end."""
+    """One worker process (`python -m bench._agent`, or `bench._pgq_agent` for pgqueuer): ready → go →
+    stop, with a report at the end."""
 
     def __init__(self, proc: asyncio.subprocess.Process, log: IO[bytes], name: str) -> None:
         self.proc = proc
@@ -272,12 +310,12 @@ class Agent:
         return self.proc.pid
 
     @classmethod
-    async def start(cls, config: AgentConfig, timeout: float = 60.0) -> Agent:
+    async def start(cls, config: AgentConfig, module: str = "bench._agent", timeout: float = 60.0) -> Agent:
         log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when the agent is reaped)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench._agent",
+            module,
             msgspec.json.encode(config).decode(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -331,8 +369,8 @@ class Agent:
         await self._reap()
 
 
-async def start_agents(configs: list[AgentConfig]) -> list[Agent]:
-    started = await asyncio.gather(*(Agent.start(c) for c in configs), return_exceptions=True)
+async def start_agents(configs: list[AgentConfig], module: str = "bench._agent") -> list[Agent]:
+    started = await asyncio.gather(*(Agent.start(c, module) for c in configs), return_exceptions=True)
     agents = [a for a in started if isinstance(a, Agent)]
     errors = [e for e in started if isinstance(e, BaseException)]
     if errors:

@@ -164,7 +164,7 @@ def _latency_row(label: str, lat: Result | None) -> list[str]:
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))
@@ -231,7 +231,7 @@ def render(result: Result) -> str:
                     "",
                 ]
             )
-        out.append(_table(["", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "submit p50 ms", "other cores"], rows))
+        out.append(table(["", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms", "submit p50 ms", "other cores"], rows))
         line = _cpu_line("LISTEN/NOTIFY", lat.get("notify"))
         if line:
             out.append(line)
@@ -260,7 +260,7 @@ def render(result: Result) -> str:
                 ]
             )
         out.append(
-            _table(["", "jobs", "submit jobs/s", "drain jobs/s", "lease batch", "ack batch", "other cores"], rows)
+            table(["", "jobs", "submit jobs/s", "drain jobs/s", "lease batch", "ack batch", "other cores"], rows)
         )
         e = tp.get("empty", {})
         if e:
@@ -275,6 +275,10 @@ def render(result: Result) -> str:
             line = _cpu_line("drain, empty table", e)
             if line:
                 out.append(line)
+    memory = _memory_lines(result)
+    if memory:
+        out.append("")
+        out.extend(memory)
     trig = result.get("event_trigger", {})
     if trig.get("with_over_without") is not None:
         out.append(f"    events NOTIFY trigger: drain with it / without it = {trig['with_over_without']:.2f}")
@@ -320,7 +324,7 @@ def render(result: Result) -> str:
                 ]
             )
         out.append(
-            _table(
+            table(
                 ["", "lease p50 ms", "lease p99 ms", "start p50 ms", "start p99 ms", "submit jobs/s", "drain jobs/s"],
                 rows,
             )
@@ -330,7 +334,7 @@ def render(result: Result) -> str:
         out.append("")
         out.append("targets")
         out.append(
-            _table(
+            table(
                 ["", "measured", "target", "met"],
                 [
                     [
@@ -348,12 +352,37 @@ def render(result: Result) -> str:
         out.append("")
         out.append(f"profile (py-spy, {prof.get('samples', 0):,} samples): where the gateway's time goes")
         out.append(
-            _table(
+            table(
                 ["function", "self %", "total %"],
                 [[h["frame"], _fmt(h["self_pct"], 1), _fmt(h["total_pct"], 1)] for h in prof.get("gateway", [])],
             )
         )
     return "\n".join(out)
+
+
+def _mbs(values: Any) -> str:
+    if not isinstance(values, list) or not values:
+        return "-"
+    return " + ".join(f"{v:.0f}" for v in values if isinstance(v, int | float)) + " MB"
+
+
+def _memory_lines(result: Result) -> list[str]:
+    """Resident memory per process: the gateway and the SDK workers under the drain, the gateway
+    with the long-polls parked."""
+    out: list[str] = []
+    drain = _get(result, "throughput", "empty", "rss_mb") or {}
+    mem = result.get("memory") or {}
+    if drain or mem:
+        out.append("memory: resident set size per process (peak while measured)")
+    if drain:
+        out.append(f"    gateway under the drain: {_mbs(drain.get('gateway'))}")
+        out.append(f"    SDK worker processes under the drain: {_mbs(drain.get('workers'))}")
+    if mem:
+        out.append(
+            f"    gateway with {_fmt(mem.get('long_polls'))} parked long-polls: {_mbs(mem.get('gateway_parked_rss_mb'))}"
+            f" (idle {_mbs(mem.get('gateway_idle_rss_mb'))}; {_fmt(mem.get('kb_per_long_poll'), 1)} kB per long-poll)"
+        )
+    return out
 
 
 def _ratio(a: Any, b: Any) -> float | None:

@@ -12,13 +12,16 @@ from .errors import (
     StaleLease,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
 )
-from .retry import backoff_ceiling_ms, backoff_ms
+from .numbers import parse_uint
+from .retry import Backoff, backoff_ceiling_ms, backoff_ms, backoff_s
 from .settings import Settings, load_settings
-from .states import TERMINAL, EventType, JobState, can_transition, is_terminal, transition_event
+from .states import TERMINAL, EventType, JobState, is_terminal
 
 __all__ = [
     "TERMINAL",
+    "Backoff",
     "Conflict",
     "EventType",
     "Forbidden",
@@ -32,13 +35,14 @@ __all__ = [
     "StaleLease",
     "Unauthenticated",
     "Unavailable",
+    "UnsupportedMediaType",
     "backoff_ceiling_ms",
     "backoff_ms",
-    "can_transition",
+    "backoff_s",
     "cron",
     "is_terminal",
     "load_settings",
+    "parse_uint",
     "signing",
-    "transition_event",
     "wire",
 ]

@@ -4,6 +4,8 @@ Five fields (minute hour day-of-month month day-of-week) with Vixie-cron semanti
 with a leading seconds field. Fire times are wall-clock times in the schedule's time zone: a
 local time that does not exist (a DST gap) is skipped, and one that occurs twice (a DST
 overlap) fires once, at its first occurrence.
+
+Searching is cronsim's: typed, no dependencies, Vixie's day rules (croniter ORs `*/2` day fields).
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import calendar
 import functools
 import zoneinfo
-from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
+
+from cronsim import CronSim, CronSimError
 
 __all__ = ["CronSpec", "next_fire", "parse_cron", "parse_timezone", "prev_fire"]
 
@@ -32,8 +36,8 @@ _MACROS = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-# The Gregorian calendar repeats every 400 years: no match within that span means never.
-_HORIZON_YEARS = 401
+# Longest days of each month, February's in a leap year.
+_MONTH_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 _SECOND = timedelta(seconds=1)
 
 
@@ -69,6 +73,9 @@ class CronSpec:
     # other one alone decides; when neither does, a day matches if either field matches.
     dom_star: bool
     dow_star: bool
+    # The same expression in six numeric fields, each item kept (a leading `*` decides the day
+    # rule): the form handed to cronsim, so its parser never sees names or our extensions.
+    normalized: str
 
     def day_matches(self, year: int, month: int, day: int) -> bool:
         dom = day in self.days
@@ -96,10 +103,12 @@ def _value(text: str, field: _Field) -> int:
     return n
 
 
-def _field(text: str, field: _Field) -> set[int]:
+def _field(text: str, field: _Field) -> tuple[set[int], str]:
+    """The values a field allows, and its items rewritten as numbers (`*`, `*/n`, `a`, `a-b/n`)."""
     if text == "":
         raise ValueError(f"{field.name}: empty field")
     values: set[int] = set()
+    items: list[str] = []
     for item in text.split(","):
         if item == "":
             raise ValueError(f"{field.name}: empty item in list {text!r}")
@@ -111,21 +120,24 @@ def _field(text: str, field: _Field) -> set[int]:
             step = int(step_text)
         if base == "*":
             low, high = field.low, field.high
-        elif "-" in base:
-            start, _, end = base.partition("-")
-            if start == "" or end == "":
-                raise ValueError(f"{field.name}: incomplete range {base!r}")
-            low, high = _value(start, field), _value(end, field)
-            if field is _DOW and high == 0 and end.upper() == "SUN":
-                high = 7  # FRI-SUN: Sunday as the end of a week
-            if low > high:
-                raise ValueError(f"{field.name}: range {base!r} starts after it ends")
+            items.append("*" if step == 1 else f"*/{step}")
         else:
-            low = _value(base, field)
-            # a-b/n is standard; a/n (start at a, to the end) is a common extension.
-            high = field.high if slash else low
+            if "-" in base:
+                start, _, end = base.partition("-")
+                if start == "" or end == "":
+                    raise ValueError(f"{field.name}: incomplete range {base!r}")
+                low, high = _value(start, field), _value(end, field)
+                if field is _DOW and high == 0 and end.upper() == "SUN":
+                    high = 7  # FRI-SUN: Sunday as the end of a week
+                if low > high:
+                    raise ValueError(f"{field.name}: range {base!r} starts after it ends")
+            else:
+                low = _value(base, field)
+                # a-b/n is standard; a/n (start at a, to the end) is a common extension.
+                high = field.high if slash else low
+            items.append(str(low) if low == high else f"{low}-{high}" + (f"/{step}" if step > 1 else ""))
         values.update(range(low, high + 1, step))
-    return values
+    return values, ",".join(items)
 
 
 def parse_cron(expr: str) -> CronSpec:
@@ -146,21 +158,30 @@ def _parse(text: str) -> CronSpec:
             "expected 5 fields (minute hour day-of-month month day-of-week), "
             f"or 6 with seconds first, got {len(fields)}"
         )
-    sec, minute, hour, dom, month, dow = fields
-    weekdays = {d % 7 for d in _field(dow, _DOW)}
+    parsed = [
+        _field(f, field) for f, field in zip(fields, (_SECONDS, _MINUTES, _HOURS, _DOM, _MONTH, _DOW), strict=True)
+    ]
+    (sec, _), (minute, _), (hour, _), (dom, _), (month, _), (dow, _) = parsed
     spec = CronSpec(
         expr=text,
-        seconds=tuple(sorted(_field(sec, _SECONDS))),
-        minutes=tuple(sorted(_field(minute, _MINUTES))),
-        hours=tuple(sorted(_field(hour, _HOURS))),
-        days=tuple(sorted(_field(dom, _DOM))),
-        months=tuple(sorted(_field(month, _MONTH))),
-        weekdays=tuple(sorted(weekdays)),
-        dom_star=dom.startswith("*"),
-        dow_star=dow.startswith("*"),
+        seconds=tuple(sorted(sec)),
+        minutes=tuple(sorted(minute)),
+        hours=tuple(sorted(hour)),
+        days=tuple(sorted(dom)),
+        months=tuple(sorted(month)),
+        weekdays=tuple(sorted({d % 7 for d in dow})),
+        dom_star=fields[3].startswith("*"),
+        dow_star=fields[5].startswith("*"),
+        normalized=" ".join(items for _, items in parsed),
     )
-    if _next_naive(spec, datetime(2000, 1, 1)) is None:
+    # With either day field or-ed in, every month has a matching day. When both must match, a
+    # (month, day) pair recurs on every weekday over the years: it fires iff such a pair exists.
+    if (spec.dom_star or spec.dow_star) and spec.days[0] > max(_MONTH_DAYS[m] for m in spec.months):
         raise ValueError("never fires: none of its months has any of its days of the month")
+    try:
+        CronSim(spec.normalized, datetime(2000, 1, 1))
+    except CronSimError as exc:  # our grammar is a subset of cronsim's: this would be a bug
+        raise ValueError(f"cannot search {spec.normalized!r}: {exc}") from None
     return spec
 
 
@@ -183,93 +204,15 @@ def parse_timezone(name: str) -> ZoneInfo:
 
 
 # --- searching wall-clock times ---------------------------------------------------------------
-# Both searches walk the fields from the largest unit down, jumping straight to the next (or
-# previous) allowed value of each, so a whole month or day that cannot match costs one step.
+# cronsim iterates naive wall-clock times, so the time zone rules stay ours (see the docstring).
+# It gives up after 50 years without a match; the sparsest expression this grammar accepts
+# (February 29th that is a Sunday, `0 0 29 2 */7`) has gaps of at most 40.
 
 
-def _month_start(year: int, month: int) -> datetime:
-    return datetime(year, month, 1)
-
-
-def _month_end(year: int, month: int) -> datetime:
-    return datetime(year, month, calendar.monthrange(year, month)[1], 23, 59, 59)
-
-
-def _next_naive(spec: CronSpec, t: datetime) -> datetime | None:
-    """The earliest matching wall-clock time >= t, or None within the horizon."""
-    limit = t.year + _HORIZON_YEARS
-    while t.year <= limit:
-        if t.month not in spec.months:
-            i = bisect_right(spec.months, t.month)
-            t = (
-                _month_start(t.year, spec.months[i])
-                if i < len(spec.months)
-                else _month_start(t.year + 1, spec.months[0])
-            )
-            continue
-        last = calendar.monthrange(t.year, t.month)[1]
-        day = t.day
-        while day <= last and not spec.day_matches(t.year, t.month, day):
-            day += 1
-        if day > last:
-            t = _month_start(t.year + 1, 1) if t.month == 12 else _month_start(t.year, t.month + 1)
-            continue
-        if day != t.day:
-            t = datetime(t.year, t.month, day)
-        i = bisect_left(spec.hours, t.hour)
-        if i == len(spec.hours):
-            t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-            continue
-        if spec.hours[i] != t.hour:
-            t = t.replace(hour=spec.hours[i], minute=0, second=0)
-        i = bisect_left(spec.minutes, t.minute)
-        if i == len(spec.minutes):
-            t = t.replace(minute=0, second=0) + timedelta(hours=1)
-            continue
-        if spec.minutes[i] != t.minute:
-            t = t.replace(minute=spec.minutes[i], second=0)
-        i = bisect_left(spec.seconds, t.second)
-        if i == len(spec.seconds):
-            t = t.replace(second=0) + timedelta(minutes=1)
-            continue
-        return t.replace(second=spec.seconds[i])
-    return None
-
-
-def _prev_naive(spec: CronSpec, t: datetime) -> datetime | None:
-    """The latest matching wall-clock time <= t, or None within the horizon."""
-    limit = t.year - _HORIZON_YEARS
-    while t.year >= limit:
-        if t.month not in spec.months:
-            i = bisect_left(spec.months, t.month)
-            t = _month_end(t.year, spec.months[i - 1]) if i > 0 else _month_end(t.year - 1, spec.months[-1])
-            continue
-        day = t.day
-        while day >= 1 and not spec.day_matches(t.year, t.month, day):
-            day -= 1
-        if day < 1:
-            t = datetime(t.year, t.month, 1) - _SECOND
-            continue
-        if day != t.day:
-            t = datetime(t.year, t.month, day, 23, 59, 59)
-        i = bisect_right(spec.hours, t.hour)
-        if i == 0:
-            t = datetime(t.year, t.month, t.day) - _SECOND
-            continue
-        if spec.hours[i - 1] != t.hour:
-            t = t.replace(hour=spec.hours[i - 1], minute=59, second=59)
-        i = bisect_right(spec.minutes, t.minute)
-        if i == 0:
-            t = t.replace(minute=0, second=0) - _SECOND
-            continue
-        if spec.minutes[i - 1] != t.minute:
-            t = t.replace(minute=spec.minutes[i - 1], second=59)
-        i = bisect_right(spec.seconds, t.second)
-        if i == 0:
-            t = t.replace(second=0) - _SECOND
-            continue
-        return t.replace(second=spec.seconds[i - 1])
-    return None
+def _walls(spec: CronSpec, start: datetime, *, reverse: bool) -> Iterator[datetime]:
+    """Matching wall-clock times from `start` on (inclusive), forward or backward."""
+    # cronsim yields only times strictly past the one it is given.
+    return CronSim(spec.normalized, start + _SECOND if reverse else start - _SECOND, reverse=reverse)
 
 
 def _instant(wall: datetime, tz: ZoneInfo) -> datetime | None:
@@ -291,14 +234,11 @@ def next_fire(spec: CronSpec, after: datetime, tz: ZoneInfo) -> datetime:
     # Wall times map to instants (first occurrence) in increasing order, so the first matching
     # wall time at or after the local time of `after` whose instant is later is the answer.
     start = after.astimezone(tz).replace(tzinfo=None, microsecond=0, fold=0)
-    while True:
-        wall = _next_naive(spec, start)
-        if wall is None:
-            raise ValueError(f"{spec.expr!r} never fires")
+    for wall in _walls(spec, start, reverse=False):
         at = _instant(wall, tz)
         if at is not None and at > after:
             return at
-        start = wall + _SECOND
+    raise ValueError(f"{spec.expr!r} never fires")
 
 
 def prev_fire(spec: CronSpec, at: datetime, tz: ZoneInfo) -> datetime:
@@ -312,11 +252,8 @@ def prev_fire(spec: CronSpec, at: datetime, tz: ZoneInfo) -> datetime:
         first, second = local.replace(fold=0).utcoffset(), local.utcoffset()
         if first is not None and second is not None:
             start += first - second
-    while True:
-        wall = _prev_naive(spec, start)
-        if wall is None:
-            raise ValueError(f"{spec.expr!r} never fired")
+    for wall in _walls(spec, start, reverse=True):
         when = _instant(wall, tz)
         if when is not None and when <= at:
             return when
-        start = wall - _SECOND
+    raise ValueError(f"{spec.expr!r} never fired")

@@ -20,6 +20,10 @@ class MalformedInput(OrchestratorError):
     """The request body is not valid JSON."""
 
 
+class UnsupportedMediaType(OrchestratorError):
+    """Request bodies are JSON: send Content-Type: application/json."""
+
+
 class Unauthenticated(OrchestratorError):
     """The request's credentials are missing or invalid."""
 

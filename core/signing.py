@@ -1,4 +1,4 @@
-"""The request signing scheme of API.md, shared by the gateway and the SDK."""
+"""The request signing scheme of docs/protocol.md, shared by the gateway and the SDK."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ HEADER_SIGNATURE = "X-Signature"
 MAX_SKEW_SECONDS = 300
 
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 

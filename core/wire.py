@@ -1,4 +1,4 @@
-"""Wire types of the HTTP API (API.md), shared by the gateway and the SDK.
+"""Wire types of the HTTP API (docs/protocol.md), shared by the gateway and the SDK.
 
 Requests refuse unknown fields so a typo is an error, not a silent default; responses
 accept them so old clients keep working against newer servers.
@@ -24,6 +24,8 @@ JobIdStr = Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")]
 UtcTime = Annotated[datetime, Meta(tz=True)]
 BackoffMs = Annotated[int, Meta(ge=0, le=7 * 86_400_000)]
 MAX_BATCH = 1000
+# The longest a long-poll (`wait_ms`) may wait.
+MAX_WAIT_MS = 60_000
 
 
 class _Request(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):

@@ -4,7 +4,6 @@ from ._types import Conn
 from .databases import database_create, database_drop, with_database
 from .embedded import EmbeddedPostgres, pg_bin
 from .events import (
-    BEGINNING,
     Backlog,
     ConsumerRow,
     Cursor,
@@ -101,7 +100,6 @@ from .tenants import (
 )
 
 __all__ = [
-    "BEGINNING",
     "CHANNEL_EVENTS",
     "CHANNEL_JOBS",
     "CHANNEL_PROBE",

@@ -13,5 +13,6 @@ def run_script(sql: str) -> None:
     the script goes to the driver's simple-query path instead.
     """
     raw = op.get_bind().connection.driver_connection
-    assert raw is not None
+    if raw is None:
+        raise RuntimeError("the migration has no database connection")
     await_only(raw.execute(sql))

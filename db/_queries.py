@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -20,6 +23,13 @@ def _load(folder: Path) -> dict[str, str]:
 
 
 _QUERIES = _load(Path(__file__).parent / "queries")
+
+
+def one(row: T | None) -> T:
+    """The row of a statement that always returns one (an INSERT ... RETURNING, an aggregate)."""
+    if row is None:
+        raise RuntimeError("the statement returned no row")
+    return row
 
 
 def sql(name: str) -> str:

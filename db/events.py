@@ -19,7 +19,7 @@ import msgspec
 from core import EventType
 from core.wire import Event
 
-from ._queries import sql
+from ._queries import one, sql
 from ._types import Conn
 
 _READ = sql("event_read")
@@ -70,9 +70,6 @@ class Cursor(NamedTuple):
         if xid > _MAX_XID or id_ > _MAX_ID:
             return None
         return cls(xid, id_)
-
-
-BEGINNING = Cursor(0, 0)
 
 
 class EventRead(msgspec.Struct, frozen=True, kw_only=True):
@@ -221,8 +218,7 @@ def _webhook(r: asyncpg.Record) -> WebhookRow:
 
 
 async def webhook_insert(conn: Conn, tenant_id: str, url: str, event_types: Sequence[str], secret: str) -> WebhookRow:
-    row = await conn.fetchrow(_WEBHOOK_INSERT, tenant_id, url, list(event_types), secret)
-    assert row is not None
+    row = one(await conn.fetchrow(_WEBHOOK_INSERT, tenant_id, url, list(event_types), secret))
     return _webhook(row)
 
 
@@ -257,8 +253,7 @@ class WebhookActivity(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def webhook_activity(conn: Conn) -> WebhookActivity:
-    row = await conn.fetchrow(_WEBHOOK_ACTIVITY)
-    assert row is not None
+    row = one(await conn.fetchrow(_WEBHOOK_ACTIVITY))
     return WebhookActivity(active=row["active"], withheld=row["withheld"], next_retry_in=row["next_retry_in"])
 
 

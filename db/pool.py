@@ -42,7 +42,8 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         command_timeout=60,
         server_settings={"application_name": "orchestrator"},
     )
-    assert pool is not None
+    if pool is None:
+        raise RuntimeError("asyncpg created no pool")
     return pool
 
 

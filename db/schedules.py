@@ -210,8 +210,8 @@ async def schedule_fire_due(conn: Conn, *, limit: int, default_max_attempts: int
         ]
         inserted = await job_insert_many(conn, tenant_id, jobs, default_max_attempts=default_max_attempts)
         for p, ins in zip(group, inserted, strict=True):
-            assert p.fire_at is not None
-            fired.append(Fired(p.row["id"], tenant_id, p.row["name"], p.row["queue"], p.fire_at, int(ins.job.id)))
+            if p.fire_at is not None:  # always: only plans with a due time are firing
+                fired.append(Fired(p.row["id"], tenant_id, p.row["name"], p.row["queue"], p.fire_at, int(ins.job.id)))
     if fired:
         await conn.execute(
             _FIRE_SET_JOBS,

@@ -7,7 +7,7 @@ import msgspec
 
 from core.wire import Tenant
 
-from ._queries import sql
+from ._queries import one, sql
 from ._types import Conn
 from .rows import tenant_from_row
 
@@ -114,10 +114,11 @@ def _policy(r: asyncpg.Record) -> RetryPolicyRow:
 
 
 async def retry_policy_upsert(conn: Conn, tenant_id: str, policy: RetryPolicyRow) -> RetryPolicyRow:
-    row = await conn.fetchrow(
-        _POLICY_UPSERT, tenant_id, policy.queue, policy.max_attempts, policy.retry_base_ms, policy.retry_cap_ms
+    row = one(
+        await conn.fetchrow(
+            _POLICY_UPSERT, tenant_id, policy.queue, policy.max_attempts, policy.retry_base_ms, policy.retry_cap_ms
+        )
     )
-    assert row is not None
     return _policy(row)
 
 

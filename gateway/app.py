@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
+from typing import Any
 
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -18,17 +22,12 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 import db
 from core import Settings, load_settings
 
-from . import errors, logs
-from .admin import AdminController
-from .events import ConsumersController, EventsController
-from .jobs import JobsController, RetryPolicyController
+from . import errors
 from .leasing import Leaser
-from .ops import healthz, metrics, readyz
-from .queues import AdminQueuesController, QueuesController
-from .runtime import Runtime
-from .schedules import SchedulesController
-from .webhooks import WebhooksController
-from .workers import WorkersController
+from .routes import ROUTES
+from .runtime import Runtime, begin_drain_all
+from .services import services_for
+from .telemetry import logs
 
 log = logging.getLogger("orchestrator.gateway")
 
@@ -38,6 +37,28 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 class SchemaMismatch(RuntimeError):
     pass
+
+
+def _drain_on_shutdown_signals() -> None:
+    """Have SIGTERM and SIGINT answer every parked long-poll before the server stops.
+
+    The ASGI server owns these signals and, on one, waits for open responses before it runs the
+    lifespan shutdown; a parked long-poll would hold it up to the graceful-shutdown timeout and
+    then be cut off. So the handler it installed is wrapped: drain first, then its own. It puts
+    its original handlers back when it stops, which removes this wrapper with them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):
+            continue
+
+        def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+            begin_drain_all()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def _timing(app: ASGIApp) -> ASGIApp:
@@ -95,32 +116,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if problem is not None:
                 raise SchemaMismatch(problem)
             rt = Runtime(cfg, pool, dsn)
+            leaser = Leaser(rt)
             app.state.runtime = rt
-            app.state.leaser = Leaser(rt)
-            await rt.start()
+            app.state.leaser = leaser
+            await rt.start(services_for(cfg))
+            _drain_on_shutdown_signals()
             try:
                 yield
             finally:
+                await leaser.close()
                 await rt.stop()
         finally:
             await pool.close()
 
     return Litestar(
-        route_handlers=[
-            JobsController,
-            RetryPolicyController,
-            SchedulesController,
-            WorkersController,
-            EventsController,
-            ConsumersController,
-            WebhooksController,
-            AdminController,
-            QueuesController,
-            AdminQueuesController,
-            healthz,
-            readyz,
-            metrics,
-        ],
+        route_handlers=ROUTES,
         lifespan=[lifespan],
         exception_handlers={Exception: errors.handle},
         request_max_body_size=cfg.max_body_bytes,

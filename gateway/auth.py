@@ -12,19 +12,18 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 import db
-from core import Forbidden, Unauthenticated, signing
+from core import Forbidden, Unauthenticated, parse_uint, signing
 
-from . import logs
 from .runtime import Runtime
+from .telemetry import logs
+
+# Unix seconds in ten digits last until the year 2286; anything longer is not a timestamp.
+MAX_TIMESTAMP = 10**10
 
 
 class Principal(msgspec.Struct, frozen=True):
     key_id: str
     tenant_id: str | None  # None: a shared worker key, serving every tenant
-
-    @property
-    def is_worker(self) -> bool:
-        return self.tenant_id is None
 
 
 def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
@@ -59,7 +58,7 @@ def _path_with_query(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
 
 
 async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """Guard for tenant and worker routes: verifies the four signing headers of API.md."""
+    """Guard for tenant and worker routes: verifies the four signing headers (docs/protocol.md)."""
     rt = runtime_of(connection)
     h = connection.headers
     key_id = h.get(signing.HEADER_KEY_ID)
@@ -68,7 +67,8 @@ async def signed(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseR
     sig = h.get(signing.HEADER_SIGNATURE)
     if not key_id or not timestamp or not nonce or not sig:
         raise _refuse(rt, "missing_header", "X-Key-Id, X-Timestamp, X-Nonce and X-Signature are required")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > signing.MAX_SKEW_SECONDS:
+    sent_at = parse_uint(timestamp, maximum=MAX_TIMESTAMP)
+    if sent_at is None or abs(time.time() - sent_at) > signing.MAX_SKEW_SECONDS:
         raise _refuse(
             rt, "timestamp", f"X-Timestamp must be unix seconds within {signing.MAX_SKEW_SECONDS} s of the server clock"
         )

@@ -21,6 +21,7 @@ from core import (
     OrchestratorError,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
 )
 from core.wire import Problem
 
@@ -34,6 +35,7 @@ STATUS: dict[type[OrchestratorError], int] = {
     Gone: 410,
     Conflict: 409,
     InvalidInput: 422,
+    UnsupportedMediaType: 415,
     Unavailable: 503,
 }
 TITLES = {
@@ -45,6 +47,7 @@ TITLES = {
     409: "Conflict",
     410: "Gone",
     413: "Request body too large",
+    415: "Unsupported media type",
     422: "Invalid field",
     429: "Too many requests",
     500: "Internal error",
@@ -52,17 +55,34 @@ TITLES = {
 }
 RETRY_AFTER_SECONDS = "1"
 
-# Errors that mean the database cannot be reached right now, not that a statement was wrong.
-DB_DOWN: tuple[type[BaseException], ...] = (
+# What a statement against the database can raise besides a wrong statement's error: background
+# loops catch these, log them, and try again later.
+DB_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
     TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
+# SQLSTATEs that mean the database cannot serve now, not that the statement was wrong: connection
+# exceptions (08), operator intervention (57P: shutting down, restarting, dropped), too many
+# connections, a read-only server after a failover, a database that does not exist (yet).
+_DOWN_PREFIXES = ("08", "57P")
+_DOWN_STATES = frozenset({"53300", "25006", "3D000"})
+
+
+def db_down(exc: BaseException) -> bool:
+    """Whether `exc` means the database is unavailable (a 503), rather than a bug (a 500)."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # InternalClientError: a connection broken mid-query by a restart ("cannot switch to state").
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if state.startswith(_DOWN_PREFIXES) or state in _DOWN_STATES:
+            return True
+        # ALTER DATABASE ... ALLOW_CONNECTIONS false answers 55000 with this text.
+        return state == "55000" and "not currently accepting connections" in str(exc)
+    return False
 
 
 def problem(
@@ -99,7 +119,7 @@ def _from_validation(exc: ValidationException) -> Response[Any]:
         message = str(item.get("message", ""))
         if "malformed" in message.lower() or "invalid json" in message.lower() or "truncated" in message.lower():
             return problem(400, f"the body is not valid JSON: {message}")
-        field, message = _field_of(message, item.get("key"))
+        field, message = field_of(message, item.get("key"))
         return problem(422, f"{field}: {message}" if field else message, field=field)
     return problem(400, exc.detail)
 
@@ -108,7 +128,7 @@ _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _NAMED = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
 
 
-def _field_of(message: str, key: object) -> tuple[str | None, str]:
+def field_of(message: str, key: object) -> tuple[str | None, str]:
     """The field a msgspec error names, as a path like `jobs[1].priority`, and the bare message."""
     path = None
     at = _AT.search(message)
@@ -136,7 +156,7 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, asyncpg.DataError):
         # Input that passed validation but that PostgreSQL cannot store (e.g. \u0000 in jsonb).
         return problem(422, f"a value cannot be stored: {exc}")
-    if isinstance(exc, DB_DOWN):
+    if db_down(exc):
         log.warning("database unreachable during %s %s: %r", request.method, request.url.path, exc)
         return problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": RETRY_AFTER_SECONDS})
     log.exception("unhandled error in %s %s", request.method, request.url.path)

@@ -34,6 +34,10 @@ class Leaser:
         self._rt = rt
         self._forgetting: set[asyncio.Task[None]] = set()
 
+    async def close(self) -> None:
+        """Let pending forgets finish, so none is cut off at shutdown."""
+        await asyncio.gather(*self._forgetting, return_exceptions=True)
+
     def _forget_soon(self, tenant_id: str, queues: list[str]) -> None:
         task = asyncio.create_task(self._forget(tenant_id, queues))
         self._forgetting.add(task)
@@ -70,6 +74,9 @@ class Leaser:
                                     break
                         return jobs
                     remaining = deadline - loop.time()
+                    if rt.draining.is_set():
+                        outcome = "shutdown"
+                        return []
                     if remaining <= 0:
                         outcome = "empty" if req.wait_ms == 0 else "timeout"
                         return []
@@ -80,6 +87,9 @@ class Leaser:
                     wait_for[0].cancel()
                     if disconnected is not None and disconnected.done():
                         outcome = "disconnected"
+                        return []
+                    if rt.draining.is_set():
+                        outcome = "shutdown"
                         return []
                 finally:
                     waiters.leave(waiter)

@@ -1,31 +1,70 @@
-"""What one gateway process holds: pool, notifier, metrics, and its background services."""
+"""What one gateway process holds: pool, notifier, metrics, tracing, and the supervision of its
+background services (the services themselves are in `gateway.services`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import time
-from pathlib import Path
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
-import db
-from core import Settings
+from core import Backoff, Settings
 from notifier import Notifier
 
-from . import metrics_merge
 from .keycache import SecretCache
-from .metrics import Metrics
-from .tracing import Tracing
+from .telemetry.metrics import Metrics
+from .telemetry.tracing import Tracing
 
 log = logging.getLogger("orchestrator.gateway")
 
-REAP_BATCH = 500
-PROMOTE_BATCH = 1000
-# The promotion timer never sleeps longer than this, so a clock jump or a lost hint heals.
-MAX_TIMER_SECONDS = 5.0
+# A crashed service is restarted after a backoff from this up to the cap; one that ran this long
+# before crashing starts its backoff afresh.
+RESTART_BASE_SECONDS = 0.5
+RESTART_CAP_SECONDS = 30.0
+HEALTHY_RUN_SECONDS = 60.0
+# After this many crashes in a row, /readyz reports the service as failing.
+FAILING_AFTER_CRASHES = 3
+
+
+# Every runtime of this process, so a shutdown signal can reach them (see `begin_drain_all`).
+_live: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def begin_drain_all() -> None:
+    """The server begins a graceful shutdown: every parked request of this process answers now.
+
+    Safe to call from a signal handler: the work is handed to each runtime's event loop.
+    """
+    for rt in list(_live):
+        if rt.loop is not None and not rt.loop.is_closed():
+            rt.loop.call_soon_threadsafe(rt.begin_drain)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A background loop of the gateway: `run` never returns until cancelled."""
+
+    name: str
+    run: Callable[[Runtime], Awaitable[None]]
+
+
+class DueHint:
+    """The nearest wall-clock time at which a delayed job falls due, as heard from the notifier
+    and from this process's own writes; the promoter sleeps until it."""
+
+    def __init__(self) -> None:
+        self.at = 0.0  # monotonic time of the next promotion
+        self.changed = asyncio.Event()
+
+    def hint(self, epoch: float) -> None:
+        at = time.monotonic() + max(0.0, epoch - time.time())
+        if at < self.at:
+            self.at = at
+            self.changed.set()
 
 
 class Runtime:
@@ -35,18 +74,21 @@ class Runtime:
         self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
         self.key_secrets = SecretCache()
         self.tracing = Tracing(settings.traces)
-        self._due_at = 0.0  # monotonic time at which the timer should next promote
-        self._due_changed = asyncio.Event()
+        self.due = DueHint()
         self.notifier = Notifier(
             dsn,
             pool,
             safety_poll_seconds=settings.safety_poll_seconds,
             enabled=settings.notifier_enabled,
-            on_due=self._on_due,
+            on_due=self.due.hint,
             on_notification=lambda ch: self.metrics.notifications.add(1, {"channel": ch}),
             on_reconnect=lambda: self.metrics.listen_reconnects.add(1),
         )
+        # Set once the server begins to shut down: long-polls and streams answer at once.
+        self.draining = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._crashes: dict[str, int] = {}  # consecutive crashes by service name
         self.metrics.observe_gauge(
             "orch_parked_long_polls", "Lease requests parked", lambda: len(self.notifier.lease_waiters)
         )
@@ -62,137 +104,68 @@ class Runtime:
             "Event long-polls, streams and publishers parked",
             lambda: len(self.notifier.event_waiters),
         )
+        self.metrics.observe_gauge(
+            "orch_services_failing",
+            "Background services that crashed several times in a row",
+            lambda: float(len(self.failing_services())),
+        )
 
-    async def start(self) -> None:
+    async def start(self, services: Sequence[Service]) -> None:
+        self.loop = asyncio.get_running_loop()
+        _live.add(self)
         await self.notifier.start()
-        self._tasks = [
-            asyncio.create_task(self._promote_loop(), name="promoter"),
-            asyncio.create_task(self._reap_loop(), name="reaper"),
-            asyncio.create_task(self._prune_loop(), name="nonce-pruner"),
-            asyncio.create_task(self._stats_loop(), name="stats"),
-        ]
-        if self.settings.metrics_dir is not None:
-            self._tasks.append(asyncio.create_task(self._snapshot_loop(), name="metrics-snapshot"))
-        from .schedules import run_schedules  # here, not at the top: schedules -> auth -> runtime
+        for s in services:
+            self.supervise(s)
 
-        self._tasks.append(asyncio.create_task(run_schedules(self), name="scheduler"))
-        from .events import run_event_pruner  # here, not at the top: events -> auth -> runtime
-        from .webhooks import run_webhook_publisher
+    def supervise(self, service: Service) -> None:
+        """Run `service` until `stop()`, restarting it whenever it crashes."""
+        self._tasks.append(asyncio.create_task(self._supervise(service), name=service.name))
 
-        self._tasks.append(asyncio.create_task(run_event_pruner(self), name="event-pruner"))
-        self._tasks.append(asyncio.create_task(run_webhook_publisher(self), name="webhook-publisher"))
+    def begin_drain(self) -> None:
+        if self.draining.is_set():
+            return
+        log.info("shutting down: answering parked long-polls")
+        self.draining.set()
+        self.notifier.lease_waiters.wake_all()
+        self.notifier.job_waiters.wake_all()
+        self.notifier.event_waiters.wake_all()
 
     async def stop(self) -> None:
+        self.begin_drain()
+        _live.discard(self)
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        # A task's own failure must not keep the notifier and exporters from stopping.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.notifier.stop()
         self.metrics.shutdown()
         self.tracing.shutdown()
 
-    # --- delayed jobs ------------------------------------------------------------------
+    def failing_services(self) -> list[str]:
+        return sorted(name for name, n in self._crashes.items() if n >= FAILING_AFTER_CRASHES)
 
-    def _on_due(self, epoch: float) -> None:
-        """A job becomes due at `epoch` (wall clock); re-arm the timer if that is sooner."""
-        at = time.monotonic() + max(0.0, epoch - time.time())
-        if at < self._due_at:
-            self._due_at = at
-            self._due_changed.set()
+    async def _supervise(self, service: Service) -> None:
+        """Run a service for good: a crash is logged, counted, and followed by a restart."""
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(RESTART_BASE_SECONDS, RESTART_CAP_SECONDS)
+        self._crashes[service.name] = 0
 
-    async def promote_due(self) -> float | None:
-        """Promote due jobs; returns seconds until the next one is due."""
-        async with self.pool.acquire() as conn:
-            while True:
-                n = await db.job_promote_due(conn, limit=PROMOTE_BATCH)
-                if n:
-                    self.metrics.jobs_promoted.add(n)
-                if n < PROMOTE_BATCH:
-                    break
-            return await db.job_next_due_in(conn)
+        def recovered() -> None:
+            backoff.reset()
+            self._crashes[service.name] = 0
 
-    async def _promote_loop(self) -> None:
         while True:
-            self._due_changed.clear()
+            # A run that lasts this long counts as healthy again, whatever came before.
+            healthy = loop.call_later(HEALTHY_RUN_SECONDS, recovered)
             try:
-                next_in = await self.promote_due()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("promoting due jobs failed: %s", exc)
-                next_in = 1.0
-            wait = MAX_TIMER_SECONDS if next_in is None else min(max(next_in, 0.0), MAX_TIMER_SECONDS)
-            self._due_at = time.monotonic() + wait
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due_changed.wait(), wait)
-            # A hint may name a time a little ahead; sleep until it, not past it.
-            delay = self._due_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    # --- expired leases ----------------------------------------------------------------
-
-    async def reap(self) -> int:
-        total = 0
-        async with self.pool.acquire() as conn:
-            while True:
-                n = await db.job_reap_expired(
-                    conn, limit=REAP_BATCH, base_ms=self.settings.retry_base_ms, cap_ms=self.settings.retry_cap_ms
-                )
-                total += n
-                if n < REAP_BATCH:
-                    break
-        if total:
-            self.metrics.jobs_reaped.add(total)
-            log.info("recovered expired leases", extra={"count": total})
-            self._on_due(0.0)
-        return total
-
-    async def _reap_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.reap_interval_seconds)
-            try:
-                await self.reap()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("reaping failed: %s", exc)
-
-    async def refresh_stats(self) -> None:
-        async with self.pool.acquire() as conn:
-            self.metrics.set_stats(await db.stats_read(conn))
-
-    async def _stats_loop(self) -> None:
-        # One cheap query on a timer, so a scrape never touches the database.
-        while True:
-            try:
-                await self.refresh_stats()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("reading the gauges' figures failed: %s", exc)
-            await asyncio.sleep(self.settings.stats_interval_seconds)
-
-    def render_metrics(self) -> bytes:
-        """This process's metrics, or with several processes behind one port, all of theirs."""
-        own = self.metrics.render()
-        if self.settings.metrics_dir is None:
-            return own
-        folder = Path(self.settings.metrics_dir)
-        metrics_merge.write_snapshot(folder, own)
-        return metrics_merge.merge(metrics_merge.read_snapshots(folder)).encode()
-
-    async def _snapshot_loop(self) -> None:
-        assert self.settings.metrics_dir is not None
-        folder = Path(self.settings.metrics_dir)
-        try:
-            while True:
-                metrics_merge.write_snapshot(folder, self.metrics.render())
-                await asyncio.sleep(1.0)
-        finally:
-            # A process that stops takes its figures with it; the merge would drop them anyway.
-            (folder / f"{os.getpid()}.prom").unlink(missing_ok=True)
-
-    async def _prune_loop(self) -> None:
-        while True:
-            await asyncio.sleep(60)
-            try:
-                async with self.pool.acquire() as conn:
-                    await db.request_nonce_prune(conn, self.settings.nonce_window_seconds * 2)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("pruning nonces failed: %s", exc)
+                await service.run(self)
+                error = "returned"
+                log.error("background service %s returned; restarting it", service.name)
+            except Exception as exc:
+                error = type(exc).__name__
+                log.exception("background service %s crashed; restarting it", service.name)
+            finally:
+                healthy.cancel()
+            self._crashes[service.name] += 1
+            self.metrics.service_restarts.add(1, {"service": service.name, "error": error})
+            await asyncio.sleep(backoff.next())

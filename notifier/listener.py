@@ -19,6 +19,7 @@ import asyncpg
 import msgspec
 
 import db
+from core import Backoff
 
 from .waiters import ANY, EventWaiters, JobWaiters, LeaseWaiters
 
@@ -26,6 +27,8 @@ log = logging.getLogger("orchestrator.notifier")
 
 # Names the LISTEN connection in pg_stat_activity.
 LISTEN_APPLICATION_NAME = "orchestrator-listen"
+RECONNECT_BASE_SECONDS = 0.1
+RECONNECT_CAP_SECONDS = 5.0
 
 
 class _JobsNews(msgspec.Struct):
@@ -117,12 +120,12 @@ class Notifier:
     # --- the connection ----------------------------------------------------------------
 
     async def _listen_loop(self) -> None:
-        delay = 0.1
+        backoff = Backoff(RECONNECT_BASE_SECONDS, RECONNECT_CAP_SECONDS)
         first = True
         while True:
             try:
                 await self._connect()
-                delay = 0.1
+                backoff.reset()
                 if not first:
                     log.warning("LISTEN connection re-established; catching up")
                     if self._on_reconnect is not None:
@@ -131,13 +134,13 @@ class Notifier:
                 await self.catch_up()
                 first = False
                 await self._watch()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure means: reconnect
-                log.warning("LISTEN connection lost: %s", exc)
+            except (ConnectionError, TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("LISTEN connection lost: %r", exc)
+            except Exception:
+                # Not a connection failure: a bug. Said loudly, then the same recovery.
+                log.exception("LISTEN loop failed")
             await self._close()
-            await asyncio.sleep(delay * (1 + random.random()))
-            delay = min(delay * 2, 5.0)
+            await asyncio.sleep(backoff.next())
 
     async def _connect(self) -> None:
         conn = await db.connect(self._dsn, application_name=LISTEN_APPLICATION_NAME)
@@ -152,7 +155,8 @@ class Notifier:
     async def _watch(self) -> None:
         """Return when the connection is lost: closed by the server, or not answering."""
         conn = self._conn
-        assert conn is not None
+        if conn is None:
+            raise ConnectionError("LISTEN connection not open")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), self._health_interval)
@@ -191,8 +195,10 @@ class Notifier:
             if len(self.lease_waiters) or len(self.job_waiters) or len(self.event_waiters) or not self._enabled:
                 try:
                     await self.catch_up()
-                except Exception as exc:
-                    log.warning("safety poll failed: %s", exc)
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("safety poll failed: %r", exc)
+                except Exception:
+                    log.exception("safety poll failed")
 
     # --- dispatch ----------------------------------------------------------------------
 

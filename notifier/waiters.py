@@ -9,7 +9,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Collection, Iterable
 
+from core import Backoff
+
 ANY = "*"
+# A wake-up with nothing returnable means a committed event waits for an older transaction to
+# end, which sends no notification of its own: readers look again after a growing wait.
+WITHHELD_RECHECK_FIRST_SECONDS = 0.05
+WITHHELD_RECHECK_MAX_SECONDS = 1.0
+
+
+def withheld_recheck() -> Backoff:
+    return Backoff(WITHHELD_RECHECK_FIRST_SECONDS, WITHHELD_RECHECK_MAX_SECONDS)
 
 
 class LeaseWaiter:

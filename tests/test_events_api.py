@@ -22,7 +22,7 @@ import uvicorn
 import db
 import sdk
 from core import Settings, signing
-from gateway.events import prune_events
+from gateway.services.event_pruner import prune_events
 
 from .conftest import ADMIN_TOKEN
 from .support import Api, InProcessGateway, eventually, fetch, fetchval, free_port
@@ -336,11 +336,11 @@ async def test_one_event_per_state_change_over_whole_lifecycles_in_order(api: Ap
     assert [e["data"]["lease_token"] for e in started] == [first["lease_token"], second["lease_token"]]
 
 
-async def test_a_long_poll_answers_as_soon_as_an_event_commits(api: Api) -> None:
+async def test_a_long_poll_answers_as_soon_as_an_event_commits(api: Api, gateway: InProcessGateway) -> None:
     key = await api.tenant("t")
     _, start = await read(api, key)
     poll = asyncio.create_task(read(api, key, start, wait_ms=20_000))
-    await asyncio.sleep(0)  # let it send; it returns whenever the event commits, parked or not
+    await eventually(lambda: _parked(gateway))  # parked before the event exists: only a wake-up answers it
     t0 = time.monotonic()
     job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
     events, _ = await poll

@@ -12,25 +12,30 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.services.stats import refresh_stats
+
 from .conftest import ADMIN_TOKEN
-from .support import Api, GatewayProcess, InProcessGateway, eventually, fetch, running
+from .support import (
+    Api,
+    GatewayProcess,
+    InProcessGateway,
+    eventually,
+    fetch,
+    metric_samples,
+    metric_total,
+    running,
+    snapshot_totals,
+    submit_until_every_process_served,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 
 
-def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            labels = frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_"))
-            out[(s.name, labels)] = s.value
-    return out
-
-
-def _total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **match: str) -> float:
-    return sum(v for (n, labels), v in samples.items() if n == name and set(match.items()) <= set(labels))
+_samples = metric_samples
+_total = metric_total
 
 
 async def _scrape(api: Api) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -81,7 +86,7 @@ async def test_counters_histograms_and_gauges_match_a_known_workload(
     await api.signed(key, "POST", f"/v1/jobs/{job['id']}/complete", {"lease_token": 1})
     await api.signed(key.split(".")[0] + ".wrong", "GET", "/v1/jobs")
 
-    await gateway.runtime.refresh_stats()
+    await refresh_stats(gateway.runtime)
     m = await _scrape(api)
     t = {"tenant": "tenant-a"}
     assert _total(m, "orch_jobs_submitted_total", **t) == n_ok + n_retry + n_dead + 2
@@ -119,32 +124,26 @@ async def test_several_processes_behind_one_port_count_once(database_url: str, t
         api = Api(gw.url, ADMIN_TOKEN)
         try:
             key = await api.tenant("tenant-a")
-            for _ in range(20):
-                # a new connection each time, so both processes take some
-                one = Api(gw.url, ADMIN_TOKEN)
-                try:
-                    assert (await one.signed(key, "POST", "/v1/jobs", {"payload": {}})).status == 201
-                finally:
-                    await one.close()
-
-            async def both_processes_wrote() -> list[Path]:
-                found = list(tmp_path.glob("*.prom"))
-                return found if len(found) == 2 else []
-
-            snapshots = await eventually(both_processes_wrote, timeout=10)
-            assert len(snapshots) == 2
+            submitted, per_process = await submit_until_every_process_served(gw, key, tmp_path)
+            # the snapshots are those of the two gateway processes, and each took some of the submits
+            assert set(per_process) == worker_pids(gw), (per_process, worker_pids(gw))
 
             async def all_counted() -> bool:
-                return _total(await _scrape(api), "orch_jobs_submitted_total") == 20
+                return _total(await _scrape(api), "orch_jobs_submitted_total") == submitted
 
             # other processes' figures reach a scrape within their snapshot interval (1 s)
-            await eventually(all_counted, timeout=5)
-            per_process = [
-                _total(_samples(p.read_text()), "orch_jobs_submitted_total") for p in tmp_path.glob("*.prom")
-            ]
+            await eventually(all_counted, timeout=10)
+
+            async def snapshots_caught_up() -> dict[int, float] | None:
+                counts = snapshot_totals(tmp_path, "orch_jobs_submitted_total")
+                return counts if sum(counts.values()) == submitted else None
+
+            per_process = await eventually(snapshots_caught_up, timeout=10)
+            assert len(per_process) == 2 and all(per_process.values()), per_process
+            # every scrape, whichever process answers it, counts each submit once
             for _ in range(6):
-                assert _total(await _scrape(api), "orch_jobs_submitted_total") == 20, per_process
-            print("submits counted per process:", per_process)
+                assert _total(await _scrape(api), "orch_jobs_submitted_total") == submitted, per_process
+            print(f"{submitted} submits counted per process:", per_process)
         finally:
             await api.close()
     finally:
@@ -203,7 +202,7 @@ async def test_every_metric_a_dashboard_or_alert_queries_exists(api: Api, gatewa
     await api.signed(key, "POST", "/v1/jobs", {"payload": {}})
     assert (await api.signed(key, "POST", "/v1/consumers", {"name": "audit"})).status == 201
     assert (await api.signed(key, "POST", "/v1/webhooks", {"url": "http://127.0.0.1:9/hook"})).status == 201
-    await gateway.runtime.refresh_stats()
+    await refresh_stats(gateway.runtime)
     exposed = set()
     for fam in text_string_to_metric_families((await api.admin("GET", "/metrics")).raw.decode()):
         exposed |= {s.name for s in fam.samples}
@@ -212,7 +211,7 @@ async def test_every_metric_a_dashboard_or_alert_queries_exists(api: Api, gatewa
 
 
 async def test_logs_are_json_with_request_and_tenant(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    from gateway.logs import JsonFormatter
+    from gateway.telemetry.logs import JsonFormatter
 
     key = await api.tenant("tenant-a")
     await api.signed(key, "POST", "/v1/jobs", {"payload": {"secret": "do-not-log"}})

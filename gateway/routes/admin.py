@@ -11,7 +11,9 @@ import db
 from core import Conflict, NotFound, signing
 from core.wire import ApiKey, Reaped, Replay, Replayed, Tenant, TenantCreate, TenantCreated, TenantList, TenantPatch
 
-from .auth import operator, runtime_of
+from ..auth import operator, runtime_of
+from ..services import reaper
+from ._body import Body
 
 
 async def _new_key(conn: Any, tenant_id: str | None) -> str:
@@ -25,7 +27,13 @@ class AdminController(Controller):
     guards = [operator]
     tags = ["operator"]
 
-    @post("/tenants", status_code=201, summary="Create a tenant and its first API key")
+    @post(
+        "/tenants",
+        status_code=201,
+        summary="Create a tenant and its first API key",
+        dto=Body[TenantCreate],
+        return_dto=None,
+    )
     async def create_tenant(self, request: Request[Any, Any, Any], data: JSONBody[TenantCreate]) -> TenantCreated:
         rt = runtime_of(request)
         async with rt.pool.acquire() as conn, conn.transaction():
@@ -48,7 +56,12 @@ class AdminController(Controller):
             raise NotFound(f"no tenant {tenant_id}")
         return tenant
 
-    @patch("/tenants/{tenant_id:str}", summary="Change a tenant's weight, in-flight cap, name or disabled flag")
+    @patch(
+        "/tenants/{tenant_id:str}",
+        summary="Change a tenant's weight, in-flight cap, name or disabled flag",
+        dto=Body[TenantPatch],
+        return_dto=None,
+    )
     async def patch_tenant(
         self, request: Request[Any, Any, Any], tenant_id: FromPath[str], data: JSONBody[TenantPatch]
     ) -> Tenant:
@@ -86,9 +99,15 @@ class AdminController(Controller):
 
     @post("/reap", status_code=200, summary="Recover expired leases now")
     async def reap(self, request: Request[Any, Any, Any]) -> Reaped:
-        return Reaped(requeued=await runtime_of(request).reap())
+        return Reaped(requeued=await reaper.reap(runtime_of(request)))
 
-    @post("/replay", status_code=200, summary="Replay many dead jobs of a tenant at once")
+    @post(
+        "/replay",
+        status_code=200,
+        summary="Replay many dead jobs of a tenant at once",
+        dto=Body[Replay],
+        return_dto=None,
+    )
     async def replay(self, request: Request[Any, Any, Any], data: JSONBody[Replay]) -> Replayed:
         rt = runtime_of(request)
         total = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, NoReturn
 
 from litestar import Controller, Request, post
 from litestar.params import FromPath, JSONBody
@@ -24,10 +24,11 @@ from core.wire import (
     LeaseResponse,
 )
 
-from .auth import principal_of, runtime_of, signed
-from .jobs import parse_job_id
-from .leasing import cancel, watch_disconnect
-from .runtime import Runtime
+from ..auth import principal_of, runtime_of, signed
+from ..leasing import cancel, watch_disconnect
+from ..runtime import Runtime
+from . import _paths
+from ._body import Body
 
 log = logging.getLogger("orchestrator.workers")
 
@@ -58,13 +59,12 @@ def _atomic(conn: db.Conn, needed: bool) -> contextlib.AbstractAsyncContextManag
     return conn.transaction() if needed else contextlib.nullcontext()
 
 
-def _raise_for(rt: Runtime, status: int, job_id: int) -> None:
-    if status == 404:
+def _refuse(rt: Runtime, job_id: int, exists: bool) -> NoReturn:
+    if not exists:
         raise NotFound("no such job")
-    if status == 409:
-        rt.metrics.fencing_rejections.add(1)
-        log.info("stale lease token refused", extra={"job_id": job_id})
-        raise StaleLease("the lease token is not this job's current one, or its state does not allow this")
+    rt.metrics.fencing_rejections.add(1)
+    log.info("stale lease token refused", extra={"job_id": job_id})
+    raise StaleLease("the lease token is not this job's current one, or its state does not allow this")
 
 
 def _fail_item(
@@ -80,7 +80,13 @@ class WorkersController(Controller):
     guards = [signed]
     tags = ["workers"]
 
-    @post("/workers/lease", status_code=200, summary="Lease jobs, waiting up to wait_ms for one")
+    @post(
+        "/workers/lease",
+        status_code=200,
+        summary="Lease jobs, waiting up to wait_ms for one",
+        dto=Body[LeaseRequest],
+        return_dto=None,
+    )
     async def lease(self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest]) -> LeaseResponse:
         disconnected = watch_disconnect(request.receive) if data.wait_ms else None
         try:
@@ -89,40 +95,52 @@ class WorkersController(Controller):
             cancel(disconnected)
         return LeaseResponse(jobs=jobs)
 
-    @post("/jobs/{job_id:str}/heartbeat", status_code=200, summary="Extend a lease")
+    @post(
+        "/jobs/{job_id:str}/heartbeat", status_code=200, summary="Extend a lease", dto=Body[Heartbeat], return_dto=None
+    )
     async def heartbeat(
         self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Heartbeat]
     ) -> HeartbeatResponse:
         rt = runtime_of(request)
         tenant_id = principal_of(request).tenant_id
-        jid = parse_job_id(job_id)
+        jid = _paths.job_id(job_id)
         extend = min(data.extend_seconds or DEFAULT_EXTEND_SECONDS, rt.settings.max_lease_seconds)
         async with rt.pool.acquire() as conn:
             beat = await db.job_heartbeat(conn, jid, data.lease_token, extend, tenant_id)
             if beat is None:
-                exists = await db.job_get(conn, jid, tenant_id) is not None
-                _raise_for(rt, 409 if exists else 404, jid)
-        assert beat is not None
+                _refuse(rt, jid, await db.job_get(conn, jid, tenant_id) is not None)
         return HeartbeatResponse(lease_expires_at=beat[0], cancel_requested=beat[1])
 
-    @post("/jobs/{job_id:str}/complete", status_code=200, summary="Complete a leased job")
+    @post(
+        "/jobs/{job_id:str}/complete",
+        status_code=200,
+        summary="Complete a leased job",
+        dto=Body[Complete],
+        return_dto=None,
+    )
     async def complete(self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Complete]) -> Job:
         rt = runtime_of(request)
-        jid = parse_job_id(job_id)
+        jid = _paths.job_id(job_id)
         async with rt.pool.acquire() as conn:
             outcomes = await db.job_complete_many(
                 conn, [(jid, data.lease_token, data.result)], principal_of(request).tenant_id
             )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
-        _raise_for(rt, _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})), jid)
-        assert outcome is not None
+        if outcome is None or _judge(outcome, data.lease_token, frozenset({JobState.SUCCEEDED})) != 200:
+            _refuse(rt, jid, outcome is not None)
         return outcome.job
 
-    @post("/jobs/{job_id:str}/fail", status_code=200, summary="Fail a leased job: retry later, or dead")
+    @post(
+        "/jobs/{job_id:str}/fail",
+        status_code=200,
+        summary="Fail a leased job: retry later, or dead",
+        dto=Body[Fail],
+        return_dto=None,
+    )
     async def fail(self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Fail]) -> Job:
         rt = runtime_of(request)
-        jid = parse_job_id(job_id)
+        jid = _paths.job_id(job_id)
         item = _fail_item(jid, data.lease_token, data.error, data.retryable, data.retry_in_ms, data.snooze)
         async with rt.pool.acquire() as conn:
             outcomes = await db.job_fail_many(
@@ -134,11 +152,17 @@ class WorkersController(Controller):
             )
         _count(rt, outcomes)
         outcome = outcomes.get(jid)
-        _raise_for(rt, _judge(outcome, data.lease_token, _AFTER_FAIL), jid)
-        assert outcome is not None
+        if outcome is None or _judge(outcome, data.lease_token, _AFTER_FAIL) != 200:
+            _refuse(rt, jid, outcome is not None)
         return outcome.job
 
-    @post("/workers/ack", status_code=200, summary="Complete and fail many jobs in one round trip")
+    @post(
+        "/workers/ack",
+        status_code=200,
+        summary="Complete and fail many jobs in one round trip",
+        dto=Body[Ack],
+        return_dto=None,
+    )
     async def ack(self, request: Request[Any, Any, Any], data: JSONBody[Ack]) -> AckResponse:
         rt = runtime_of(request)
         tenant_id = principal_of(request).tenant_id

@@ -1,31 +1,23 @@
-"""Webhooks: the tenant routes under /v1/webhooks, and the publisher that delivers events.
+"""The webhook publisher: every gateway process runs one, delivering events to tenants' endpoints.
 
-Every gateway process runs a publisher. An endpoint is delivered by one process at a time,
-in order: the process holds a session-level advisory lock on it while it POSTs, re-reads the
-endpoint's cursor once the lock is held, and moves the cursor after each delivery.
+An endpoint is delivered by one process at a time, in order: the process holds a session-level
+advisory lock on it while it POSTs, re-reads the endpoint's cursor once the lock is held, and
+moves the cursor after each delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import secrets
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import msgspec
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import FromPath, JSONBody
 
 import db
-from core import InvalidInput, NotFound
 from core.signing import (
     WEBHOOK_EVENT_ID_HEADER,
     WEBHOOK_ID_HEADER,
@@ -33,15 +25,11 @@ from core.signing import (
     WEBHOOK_TIMESTAMP_HEADER,
     webhook_signature,
 )
-from core.states import EventType
-from core.wire import Event, Webhook, WebhookCreate, WebhookList
+from core.wire import Event
+from notifier import withheld_recheck
 
-from .auth import runtime_of, signed, tenant_of
-from .errors import DB_DOWN
-from .events import RECHECK_FIRST_SECONDS, RECHECK_MAX_SECONDS
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..errors import DB_ERRORS
+from ..runtime import Runtime
 
 log = logging.getLogger("orchestrator.gateway")
 
@@ -59,142 +47,11 @@ _encode = msgspec.json.Encoder().encode
 _publishers: weakref.WeakKeyDictionary[Runtime, WebhookPublisher] = weakref.WeakKeyDictionary()
 
 
-# --- routes --------------------------------------------------------------------------------
-
-
-def _kick(rt: Runtime) -> None:
+def kick(rt: Runtime) -> None:
     """Have this process's publisher look for work now (other processes find it by their poll)."""
     publisher = _publishers.get(rt)
     if publisher is not None:
         publisher.kick()
-
-
-def _webhook_out(w: db.WebhookRow, secret: str | None = None) -> Webhook:
-    return Webhook(
-        id=str(w.id),
-        url=w.url,
-        event_types=[EventType(t) for t in w.event_types],
-        state="parked" if w.state == "parked" else "active",
-        cursor=str(w.cursor),
-        attempts=w.attempts,
-        next_attempt_at=w.next_attempt_at,
-        delivered=w.delivered,
-        created_at=w.created_at,
-        last_status=w.last_status,
-        last_error=w.last_error,
-        last_attempt_at=w.last_attempt_at,
-        last_delivered_at=w.last_delivered_at,
-        secret=secret,
-    )
-
-
-def _webhook_id(webhook_id: str) -> int:
-    if not webhook_id.isdigit() or len(webhook_id) > 19 or int(webhook_id) > db.MAX_JOB_ID:
-        raise NotFound("no such webhook")
-    return int(webhook_id)
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    """The (host, port) a URL names; InvalidInput for anything but an absolute http(s) URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise InvalidInput("url: only http and https URLs can receive webhooks", field="url")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise InvalidInput("url: the port is not a number from 0 to 65535", field="url") from None
-    if not host:
-        raise InvalidInput("url: names no host", field="url")
-    return host.lower().rstrip("."), port or (443 if scheme == "https" else 80)
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_unspecified
-
-
-def _own_addresses(request: Request[Any, Any, Any], public_url: str | None) -> set[tuple[str, int]]:
-    """The addresses this gateway answers on, as far as it can tell."""
-    own: set[tuple[str, int]] = set()
-    scheme = request.url.scheme or "http"
-    host_header = request.headers.get("host")
-    if host_header:
-        with contextlib.suppress(InvalidInput):
-            own.add(_host_port(f"{scheme}://{host_header}"))
-    server = request.scope.get("server")
-    if server and server[1] is not None:
-        own.add((str(server[0]).lower(), int(server[1])))
-    if public_url:
-        with contextlib.suppress(InvalidInput):
-            own.add(_host_port(public_url))
-    return own
-
-
-def check_url(url: str, own: set[tuple[str, int]]) -> None:
-    """422 for a URL that is not http(s) or that points at this gateway."""
-    host, port = _host_port(url)
-    for own_host, own_port in own:
-        if port == own_port and (host == own_host or (_is_local(host) and _is_local(own_host))):
-            raise InvalidInput("url: must not point at this gateway", field="url")
-
-
-class WebhooksController(Controller):
-    path = "/v1/webhooks"
-    guards = [signed]
-    tags = ["webhooks"]
-
-    @post("/", status_code=201, summary="Register an endpoint; it receives events committed from now on")
-    async def create(self, request: Request[Any, Any, Any], data: JSONBody[WebhookCreate]) -> Webhook:
-        rt = runtime_of(request)
-        check_url(data.url, _own_addresses(request, rt.settings.public_url))
-        generated = None if data.secret is not None else "whsec_" + secrets.token_urlsafe(32)
-        secret = data.secret or generated
-        assert secret is not None
-        types = list(dict.fromkeys(t.value for t in data.event_types))
-        async with rt.pool.acquire() as conn:
-            row = await db.webhook_insert(conn, tenant_of(request), data.url, types, secret)
-        _kick(rt)
-        return _webhook_out(row, secret=generated)
-
-    @get("/", summary="The tenant's webhook endpoints")
-    async def list_webhooks(self, request: Request[Any, Any, Any]) -> WebhookList:
-        async with runtime_of(request).pool.acquire() as conn:
-            rows = await db.webhook_list(conn, tenant_of(request))
-        return WebhookList(webhooks=[_webhook_out(r) for r in rows])
-
-    @get("/{webhook_id:str}", summary="An endpoint and how its deliveries stand")
-    async def get_webhook(self, request: Request[Any, Any, Any], webhook_id: FromPath[str]) -> Webhook:
-        async with runtime_of(request).pool.acquire() as conn:
-            row = await db.webhook_get(conn, _webhook_id(webhook_id), tenant_of(request))
-        if row is None:
-            raise NotFound("no such webhook")
-        return _webhook_out(row)
-
-    @delete("/{webhook_id:str}", status_code=204, summary="Remove an endpoint")
-    async def delete_webhook(self, request: Request[Any, Any, Any], webhook_id: FromPath[str]) -> Response[None]:
-        async with runtime_of(request).pool.acquire() as conn:
-            if not await db.webhook_delete(conn, _webhook_id(webhook_id), tenant_of(request)):
-                raise NotFound("no such webhook")
-        return Response(None, status_code=204)
-
-    @post("/{webhook_id:str}/resume", status_code=200, summary="Unpark an endpoint and retry its next event now")
-    async def resume(self, request: Request[Any, Any, Any], webhook_id: FromPath[str]) -> Webhook:
-        rt = runtime_of(request)
-        async with rt.pool.acquire() as conn:
-            row = await db.webhook_resume(conn, _webhook_id(webhook_id), tenant_of(request))
-        if row is None:
-            raise NotFound("no such webhook")
-        _kick(rt)
-        return _webhook_out(row)
-
-
-# --- the publisher -------------------------------------------------------------------------
 
 
 class Attempt(msgspec.Struct, frozen=True):
@@ -210,7 +67,7 @@ class WebhookPublisher:
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._busy_until: dict[int, float] = {}  # endpoints another gateway is delivering
         self._active = True  # whether the last round saw an active endpoint
-        self._recheck = RECHECK_FIRST_SECONDS
+        self._recheck = withheld_recheck()
         self._session: aiohttp.ClientSession | None = None
 
     def kick(self) -> None:
@@ -247,12 +104,8 @@ class WebhookPublisher:
             try:
                 try:
                     wait = await self._round()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("webhook publisher round failed: %s", exc)
-                    wait = self._rt.settings.webhook_poll_seconds
-                except Exception:
-                    # The loop must outlive anything one round runs into; it tries again later.
-                    log.exception("webhook publisher round failed")
+                except DB_ERRORS as exc:
+                    log.warning("webhook publisher round failed: %r", exc)
                     wait = self._rt.settings.webhook_poll_seconds
                 waits = [asyncio.ensure_future(self._kick.wait())]
                 if woken is not None:
@@ -287,10 +140,9 @@ class WebhookPublisher:
         if self._busy_until:
             wait = min(wait, min(self._busy_until.values()) - now)
         if activity.withheld and not due:
-            wait = min(wait, self._recheck)
-            self._recheck = min(self._recheck * 2, RECHECK_MAX_SECONDS)
+            wait = min(wait, self._recheck.next())
         else:
-            self._recheck = RECHECK_FIRST_SECONDS
+            self._recheck.reset()
         return wait
 
     async def _deliver(self, webhook_id: int) -> None:
@@ -304,9 +156,9 @@ class WebhookPublisher:
                     await self._deliver_locked(conn, webhook_id)
                 finally:
                     # Releasing the connection to the pool also drops its advisory locks.
-                    with contextlib.suppress(*DB_DOWN, asyncpg.PostgresError):
+                    with contextlib.suppress(*DB_ERRORS):
                         await db.webhook_unlock(conn, webhook_id)
-        except DB_DOWN as exc:
+        except DB_ERRORS as exc:
             log.warning("webhook %d: database unreachable: %r", webhook_id, exc)
             self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
         except Exception:
@@ -336,8 +188,7 @@ class WebhookPublisher:
                 position = cursor
                 continue
             attempt = await self._post(hook, event)
-            if attempt.ok:
-                assert attempt.status is not None
+            if attempt.ok and attempt.status is not None:
                 await db.webhook_delivered(conn, webhook_id, cursor, attempt.status)
                 metrics.webhook_deliveries.add(1, {"outcome": "delivered"})
                 stored = position = cursor
@@ -363,7 +214,8 @@ class WebhookPublisher:
             await db.webhook_advance(conn, webhook_id, position)
 
     async def _post(self, hook: db.WebhookRow, event: Event) -> Attempt:
-        assert self._session is not None
+        if self._session is None:
+            raise RuntimeError("the webhook publisher is not running")
         timeout = self._rt.settings.webhook_timeout_seconds
         body = _encode(event)
         timestamp = str(int(time.time()))

@@ -1,5 +1,5 @@
-"""Event routes: a tenant's events by cursor (long-poll and Server-Sent Events), durable
-consumers, and the retention pruner. docs/events.md explains the cursor and its guarantees."""
+"""Event routes: a tenant's events by cursor (long-poll and Server-Sent Events), and durable
+consumers. docs/events.md explains the cursor and its guarantees."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
@@ -19,30 +17,22 @@ from litestar.response import Stream
 
 import db
 from core import Conflict, Gone, InvalidInput, NotFound
-from core.wire import NAME_PATTERN, Consumer, ConsumerAck, ConsumerCreate, ConsumerList, Event, EventPage
+from core.wire import MAX_WAIT_MS, Consumer, ConsumerAck, ConsumerCreate, ConsumerList, Event, EventPage
+from notifier import withheld_recheck
 
-from .auth import runtime_of, signed, tenant_of
-from .errors import DB_DOWN
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ..auth import runtime_of, signed, tenant_of
+from ..errors import DB_ERRORS
+from ..runtime import Runtime
+from . import _paths
+from ._body import Body
 
 log = logging.getLogger("orchestrator.gateway")
 
-MAX_WAIT_MS = 60_000
 STREAM_BATCH = 500
-PRUNE_BATCH = 5000
-# A wake-up with nothing returnable means a committed event waits for an older transaction to
-# end, which sends no notification of its own: look again after this, doubling up to the cap.
-RECHECK_FIRST_SECONDS = 0.05
-RECHECK_MAX_SECONDS = 1.0
-# How often an idle stream looks whether the server has begun to shut down.
-DRAIN_PROBE_SECONDS = 0.5
 SSE_RETRY_MS = 1000
 KEEP_ALIVE = b": keep-alive\n\n"
 
 _encode = msgspec.json.Encoder().encode
-_name = re.compile(NAME_PATTERN)
 
 
 def parse_cursor(value: str, field: str) -> db.Cursor:
@@ -79,7 +69,7 @@ async def read_events(
     waiters = rt.notifier.event_waiters
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_ms / 1000
-    recheck = RECHECK_FIRST_SECONDS
+    recheck = withheld_recheck()
     while True:
         # Parked before reading, so an event committed during the read still wakes this request.
         woken = waiters.park(tenant_id) if wait_ms else None
@@ -88,13 +78,9 @@ async def read_events(
                 page = await db.event_read(conn, tenant_id, after, limit)
             check_read(page, field, rt.settings.event_retention_seconds, remedy)
             remaining = deadline - loop.time()
-            if page.events or woken is None or remaining <= 0:
+            if page.events or woken is None or remaining <= 0 or rt.draining.is_set():
                 return page
-            if page.withheld:
-                timeout = min(recheck, remaining)
-                recheck = min(recheck * 2, RECHECK_MAX_SECONDS)
-            else:
-                timeout = remaining
+            timeout = min(recheck.next(), remaining) if page.withheld else remaining
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), timeout)
         finally:
@@ -106,40 +92,17 @@ def _consumer_out(c: db.ConsumerRow) -> Consumer:
     return Consumer(name=c.name, cursor=str(c.cursor), created_at=c.created_at, updated_at=c.updated_at)
 
 
-def _consumer_name(name: str) -> str:
-    if not _name.match(name):
-        raise NotFound(f"no consumer {name!r}")
-    return name
-
-
 def _sse_message(cursor: db.Cursor, event: Event) -> bytes:
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (str(cursor).encode(), event.type.value.encode(), _encode(event))
 
 
-def _drain_probe(receive: Any) -> Callable[[], bool]:
-    """A check that turns True once the server begins a graceful shutdown.
-
-    ASGI tells a response in progress nothing of a shutdown, and the server waits for open
-    responses before it runs the lifespan shutdown, so an endless stream would hold it up.
-    uvicorn turns keep-alive off on every open connection when it begins to shut down: that
-    flag is the one sign a stream gets. Elsewhere the check stays False and the server's own
-    graceful-shutdown timeout ends the stream.
-    """
-    cycle = getattr(receive, "__self__", None)
-    if cycle is None or getattr(cycle, "keep_alive", None) is not True:
-        return lambda: False
-    return lambda: cycle.keep_alive is not True
-
-
-async def _sse(
-    rt: Runtime, tenant_id: str, start: db.Cursor | None, first: db.EventRead, draining: Callable[[], bool]
-) -> AsyncIterator[bytes]:
+async def _sse(rt: Runtime, tenant_id: str, start: db.Cursor | None, first: db.EventRead) -> AsyncIterator[bytes]:
     waiters = rt.notifier.event_waiters
     keepalive = rt.settings.event_stream_keepalive_seconds
     loop = asyncio.get_running_loop()
     position = start
     page = first
-    recheck = RECHECK_FIRST_SECONDS
+    recheck = withheld_recheck()
     try:
         # The retry field sets the browser's reconnect delay; it also sends the headers at once.
         yield b"retry: %d\n\n" % SSE_RETRY_MS
@@ -149,12 +112,14 @@ async def _sse(
                 yield b"".join(_sse_message(c, e) for c, e in zip(page.cursors, page.events, strict=True))
                 last_sent = loop.time()
                 position = page.next
-                recheck = RECHECK_FIRST_SECONDS
+                recheck.reset()
                 rt.metrics.events_served.add(len(page.events), {"via": "stream"})
                 if len(page.events) >= STREAM_BATCH:
                     async with rt.pool.acquire() as conn:
                         page = await db.event_read(conn, tenant_id, position, STREAM_BATCH)
                     continue
+            if rt.draining.is_set():
+                return
             woken = waiters.park(tenant_id)
             try:
                 async with rt.pool.acquire() as conn:
@@ -164,29 +129,28 @@ async def _sse(
                 if page.events:
                     continue
                 if page.withheld:
-                    recheck_at = loop.time() + recheck
-                    recheck = min(recheck * 2, RECHECK_MAX_SECONDS)
+                    recheck_at = loop.time() + recheck.next()
                 else:
                     recheck_at = math.inf
-                    recheck = RECHECK_FIRST_SECONDS
+                    recheck.reset()
                 while not woken.is_set() and loop.time() < recheck_at:
-                    if draining():
-                        return
+                    if rt.draining.is_set():
+                        return  # shutting down: the client reconnects elsewhere or later
                     if loop.time() - last_sent >= keepalive:
                         yield KEEP_ALIVE
                         last_sent = loop.time()
-                    timeout = min(last_sent + keepalive, recheck_at, loop.time() + DRAIN_PROBE_SECONDS) - loop.time()
+                    timeout = min(last_sent + keepalive, recheck_at) - loop.time()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), max(timeout, 0.001))
             finally:
                 waiters.leave(tenant_id, woken)
-    except DB_DOWN as exc:
+    except DB_ERRORS as exc:
         log.warning("event stream of %s ended: database unreachable: %r", tenant_id, exc)
 
 
 class EventsController(Controller):
     path = "/v1/events"
-    guards = [signed]
+    guards = [signed, _paths.strict_query]
     tags = ["events"]
 
     @get("/", summary="The tenant's events after a cursor, oldest first; with wait_ms, wait for one")
@@ -227,7 +191,7 @@ class EventsController(Controller):
             first = await db.event_read(conn, tenant_id, start, STREAM_BATCH)
         check_read(first, field, rt.settings.event_retention_seconds)
         return Stream(
-            _sse(rt, tenant_id, start, first, _drain_probe(request.receive)),
+            _sse(rt, tenant_id, start, first),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -237,10 +201,16 @@ class ConsumersController(Controller):
     """Durable consumers: named cursors kept by the server, moved by acknowledging."""
 
     path = "/v1/consumers"
-    guards = [signed]
+    guards = [signed, _paths.strict_query]
     tags = ["events"]
 
-    @post("/", status_code=201, summary="Create a consumer at the oldest retained event or at the latest")
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a consumer at the oldest retained event or at the latest",
+        dto=Body[ConsumerCreate],
+        return_dto=None,
+    )
     async def create(self, request: Request[Any, Any, Any], data: JSONBody[ConsumerCreate]) -> Consumer:
         rt = runtime_of(request)
         async with rt.pool.acquire() as conn:
@@ -258,7 +228,7 @@ class ConsumersController(Controller):
     @get("/{name:str}", summary="A consumer and its position")
     async def get_consumer(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Consumer:
         async with runtime_of(request).pool.acquire() as conn:
-            row = await db.consumer_get(conn, tenant_of(request), _consumer_name(name))
+            row = await db.consumer_get(conn, tenant_of(request), _paths.name(name, "consumer"))
         if row is None:
             raise NotFound(f"no consumer {name!r}")
         return _consumer_out(row)
@@ -274,7 +244,7 @@ class ConsumersController(Controller):
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         async with rt.pool.acquire() as conn:
-            row = await db.consumer_get(conn, tenant_id, _consumer_name(name))
+            row = await db.consumer_get(conn, tenant_id, _paths.name(name, "consumer"))
         if row is None:
             raise NotFound(f"no consumer {name!r}")
         remedy = "delete the consumer and create it again to start there"
@@ -283,11 +253,17 @@ class ConsumersController(Controller):
             rt.metrics.events_served.add(len(page.events), {"via": "consumer"})
         return EventPage(events=page.events, next=str(page.next))
 
-    @post("/{name:str}/ack", status_code=200, summary="Move the consumer's position forward to a cursor")
+    @post(
+        "/{name:str}/ack",
+        status_code=200,
+        summary="Move the consumer's position forward to a cursor",
+        dto=Body[ConsumerAck],
+        return_dto=None,
+    )
     async def ack(self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[ConsumerAck]) -> Consumer:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
-        name = _consumer_name(name)
+        name = _paths.name(name, "consumer")
         cursor = parse_cursor(data.cursor, "cursor")
         async with rt.pool.acquire() as conn:
             moved = await db.consumer_ack(conn, tenant_id, name, cursor)
@@ -303,41 +279,6 @@ class ConsumersController(Controller):
     @delete("/{name:str}", status_code=204, summary="Delete a consumer")
     async def delete_consumer(self, request: Request[Any, Any, Any], name: FromPath[str]) -> Response[None]:
         async with runtime_of(request).pool.acquire() as conn:
-            if not await db.consumer_delete(conn, tenant_of(request), _consumer_name(name)):
+            if not await db.consumer_delete(conn, tenant_of(request), _paths.name(name, "consumer")):
                 raise NotFound(f"no consumer {name!r}")
         return Response(None, status_code=204)
-
-
-# --- retention -------------------------------------------------------------------------
-
-
-async def prune_events(rt: Runtime) -> int:
-    """Delete events past the retention in batches, each its own short transaction."""
-    total = 0
-    async with rt.pool.acquire() as conn:
-        while True:
-            async with conn.transaction():
-                if not await db.event_prune_lock(conn):
-                    break  # another gateway is pruning
-                n = await db.event_prune(conn, rt.settings.event_retention_seconds, PRUNE_BATCH)
-            total += n
-            if n == 0:
-                break
-    if total:
-        rt.metrics.events_pruned.add(total)
-    return total
-
-
-async def run_event_pruner(rt: Runtime) -> None:
-    """Prune events every `event_prune_interval_seconds` until cancelled."""
-    while True:
-        await asyncio.sleep(rt.settings.event_prune_interval_seconds)
-        try:
-            n = await prune_events(rt)
-            if n:
-                log.info("pruned %d events older than %d s", n, rt.settings.event_retention_seconds)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("pruning events failed: %s", exc)
-        except Exception:
-            # The loop must outlive anything one run meets; it tries again at the next interval.
-            log.exception("pruning events failed")

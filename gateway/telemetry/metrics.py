@@ -139,6 +139,7 @@ class Metrics:
         self.events_served = Tally(m, "orch_events_served", "Events handed to readers by transport")
         self.events_pruned = Tally(m, "orch_events_pruned", "Events deleted by retention")
         self.webhook_deliveries = Tally(m, "orch_webhook_deliveries", "Webhook delivery attempts by outcome")
+        self.service_restarts = Tally(m, "orch_service_restarts", "Background services restarted after a crash")
         for outcome in ("delivered", "failed", "parked"):
             self.webhook_deliveries.add(0, {"outcome": outcome})  # the series exist before the first delivery
         self.queue_wait = self._histogram("orch_queue_wait_seconds", "Ready (run_at) to leased, per lease")

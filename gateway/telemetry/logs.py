@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
 def dict_config(level: str, *, json_lines: bool) -> dict[str, Any]:
     """The same set-up as a logging dictConfig, which uvicorn applies in each worker process."""
     formatter: dict[str, Any] = (
-        {"()": "gateway.logs.JsonFormatter"}
+        {"()": "gateway.telemetry.logs.JsonFormatter"}
         if json_lines
         else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
     )

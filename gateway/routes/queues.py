@@ -9,15 +9,10 @@ from litestar.params import FromPath
 
 import db
 from core import NotFound
-from core.wire import QUEUE_RE, PausedQueues, QueueState
+from core.wire import PausedQueues, QueueState
 
-from .auth import operator, runtime_of, signed, tenant_of
-
-
-def _queue(queue: str) -> str:
-    if not QUEUE_RE.match(queue):
-        raise NotFound(f"no queue {queue!r}")
-    return queue
+from ..auth import operator, runtime_of, signed, tenant_of
+from . import _paths
 
 
 async def _set(request: Request[Any, Any, Any], tenant_id: str, queue: str, paused: bool) -> QueueState:
@@ -25,9 +20,9 @@ async def _set(request: Request[Any, Any, Any], tenant_id: str, queue: str, paus
         if await db.tenant_get(conn, tenant_id) is None:
             raise NotFound(f"no tenant {tenant_id}")
         if paused:
-            await db.queue_pause(conn, tenant_id, _queue(queue))
+            await db.queue_pause(conn, tenant_id, _paths.name(queue, "queue"))
         else:
-            await db.queue_resume(conn, tenant_id, _queue(queue))
+            await db.queue_resume(conn, tenant_id, _paths.name(queue, "queue"))
     return QueueState(tenant_id=tenant_id, queue=queue, paused=paused)
 
 

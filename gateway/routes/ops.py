@@ -8,8 +8,9 @@ from litestar import Request, Response, get
 
 import db
 
-from .auth import runtime_of
-from .errors import DB_DOWN
+from ..auth import runtime_of
+from ..errors import db_down
+from ..services.metrics_snapshot import render_metrics
 
 
 @get("/healthz", tags=["operations"], summary="200 while the process runs")
@@ -24,16 +25,23 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     try:
         async with rt.pool.acquire(timeout=2) as conn:
             await db.ping(conn)
-    except DB_DOWN:
+    except Exception as exc:
+        if not db_down(exc):
+            raise
         database = False
     listen = database and (not rt.settings.notifier_enabled or await rt.notifier.probe())
-    ok = database and listen
+    failing = rt.failing_services()
+    ok = database and listen and not failing
+    body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "database": database, "listen": listen}
+    if failing:
+        body["failing_services"] = failing
     return Response(
-        {"status": "ok" if ok else "unavailable", "database": database, "listen": listen},
+        body,
         status_code=200 if ok else 503,
+        headers=None if ok else {"Retry-After": "1"},
     )
 
 
 @get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type="text/plain; version=0.0.4")
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
-    return runtime_of(request).render_metrics()
+    return render_metrics(runtime_of(request))

@@ -1,20 +1,11 @@
-"""Cron schedules: the tenant routes under /v1/schedules, and the loop that fires them.
-
-Every gateway process runs the loop. Each due time is claimed by a unique (schedule, fire
-time) row in the database, so the processes need no leader and no lock between them.
-"""
+"""Cron schedules: the tenant routes under /v1/schedules (the firer is `services.scheduler`)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import weakref
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
@@ -24,32 +15,9 @@ from core import Conflict, InvalidInput, NotFound
 from core.cron import CronSpec, next_fire, parse_cron, parse_timezone
 from core.wire import Schedule, ScheduleCreate, ScheduleList, SchedulePatch
 
-from .auth import runtime_of, signed, tenant_of
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
-
-log = logging.getLogger("orchestrator.gateway")
-
-FIRE_BATCH = 100
-# The loop sleeps until the earliest due schedule, but never longer than this, so schedules
-# created or resumed through another gateway are picked up promptly.
-MAX_SLEEP_SECONDS = 1.0
-# A due schedule still locked by another gateway is retried after this, not in a busy loop.
-OVERDUE_RETRY_SECONDS = 0.01
-PRUNE_EVERY_SECONDS = 600.0
-KEEP_FIRES_SECONDS = 7 * 86_400.0
-PRUNE_BATCH = 10_000
-
-# Each process's firing loop waits on its event, so a schedule created or changed through this
-# process is timed at once instead of after the loop's next capped sleep.
-_wakeups: weakref.WeakKeyDictionary[Runtime, asyncio.Event] = weakref.WeakKeyDictionary()
-
-
-def _wake(rt: Runtime) -> None:
-    event = _wakeups.get(rt)
-    if event is not None:
-        event.set()
+from ..auth import runtime_of, signed, tenant_of
+from ..services import scheduler
+from ._body import Body
 
 
 def _cron(expr: str) -> CronSpec:
@@ -71,7 +39,7 @@ class SchedulesController(Controller):
     guards = [signed]
     tags = ["schedules"]
 
-    @post("/", status_code=201, summary="Create a cron schedule")
+    @post("/", status_code=201, summary="Create a cron schedule", dto=Body[ScheduleCreate], return_dto=None)
     async def create_schedule(self, request: Request[Any, Any, Any], data: JSONBody[ScheduleCreate]) -> Schedule:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -93,7 +61,7 @@ class SchedulesController(Controller):
             schedule = await db.schedule_insert(conn, tenant_id, values)
         if schedule is None:
             raise Conflict(f"schedule {data.name} exists")
-        _wake(rt)
+        scheduler.wake(rt)
         return schedule
 
     @get("/", summary="List the tenant's schedules")
@@ -113,7 +81,7 @@ class SchedulesController(Controller):
             raise NotFound(f"no schedule {name}")
         return schedule
 
-    @patch("/{name:str}", summary="Change a schedule; pause or resume it")
+    @patch("/{name:str}", summary="Change a schedule; pause or resume it", dto=Body[SchedulePatch], return_dto=None)
     async def patch_schedule(
         self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[SchedulePatch]
     ) -> Schedule:
@@ -147,8 +115,9 @@ class SchedulesController(Controller):
                 next_fire_at=next_fire_at,
             )
             schedule = await db.schedule_update(conn, tenant_id, name, values)
-        assert schedule is not None  # locked above
-        _wake(rt)
+        if schedule is None:  # deleted by a concurrent request
+            raise NotFound(f"no schedule {name}")
+        scheduler.wake(rt)
         return schedule
 
     @delete("/{name:str}", status_code=204, summary="Delete a schedule")
@@ -159,63 +128,3 @@ class SchedulesController(Controller):
             if not await db.schedule_delete(conn, tenant_id, name):
                 raise NotFound(f"no schedule {name}")
         return Response(None, status_code=204)
-
-
-# --- firing --------------------------------------------------------------------------------
-
-
-async def fire_due(rt: Runtime) -> float | None:
-    """Fire every due schedule, one transaction per batch; seconds until the next is due."""
-    async with rt.pool.acquire() as conn:
-        while True:
-            async with conn.transaction():
-                batch = await db.schedule_fire_due(
-                    conn, limit=FIRE_BATCH, default_max_attempts=rt.settings.default_max_attempts
-                )
-            for f in batch.fired:
-                rt.metrics.schedule_fires.add(1, rt.metrics.labels(f.tenant_id, f.queue))
-            for b in batch.broken:
-                log.error("schedule %s of tenant %s cannot fire: %s", b.schedule, b.tenant_id, b.error)
-            if batch.due < FIRE_BATCH:
-                break
-        return await db.schedule_next_due_in(conn)
-
-
-async def prune_fires(rt: Runtime) -> int:
-    """Delete fire records older than a week, a batch per statement; every gateway may at once."""
-    total = 0
-    async with rt.pool.acquire() as conn:
-        while True:
-            n = await db.schedule_fire_prune(conn, older_than_seconds=KEEP_FIRES_SECONDS, limit=PRUNE_BATCH)
-            total += n
-            if n < PRUNE_BATCH:
-                return total
-
-
-async def run_schedules(rt: Runtime) -> None:
-    """Fire due schedules until cancelled, sleeping until the next one is due."""
-    loop = asyncio.get_running_loop()
-    next_prune = loop.time() + PRUNE_EVERY_SECONDS
-    wake = _wakeups.setdefault(rt, asyncio.Event())
-    while True:
-        wake.clear()
-        try:
-            next_in = await fire_due(rt)
-            if loop.time() >= next_prune:
-                next_prune = loop.time() + PRUNE_EVERY_SECONDS
-                await prune_fires(rt)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("firing schedules failed: %s", exc)
-            next_in = MAX_SLEEP_SECONDS
-        except Exception:
-            # The loop must outlive anything one tick runs into; it tries again on the next.
-            log.exception("firing schedules failed")
-            next_in = MAX_SLEEP_SECONDS
-        if next_in is None:
-            wait = MAX_SLEEP_SECONDS
-        elif next_in <= 0:
-            wait = OVERDUE_RETRY_SECONDS
-        else:
-            wait = min(next_in, MAX_SLEEP_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), wait)

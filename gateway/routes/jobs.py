@@ -12,11 +12,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 import db
 from core import Conflict, InvalidInput, JobState, NotFound, is_terminal
-from core.wire import QUEUE_RE, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit, RetryPolicy, RetryPolicyOut
+from core.wire import MAX_WAIT_MS, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit, RetryPolicy, RetryPolicyOut
 
-from .auth import runtime_of, signed, tenant_of
-
-MAX_WAIT_MS = 60_000
+from ..auth import runtime_of, signed, tenant_of
+from . import _paths
+from ._body import Body
 
 
 def new_job(s: JobSubmit, field_prefix: str = "") -> db.NewJob:
@@ -37,19 +37,12 @@ def new_job(s: JobSubmit, field_prefix: str = "") -> db.NewJob:
     )
 
 
-def parse_job_id(job_id: str) -> int:
-    """Job ids are decimal strings; anything else names no job (404, as for another tenant's)."""
-    if not job_id.isdigit() or len(job_id) > 19 or int(job_id) > db.MAX_JOB_ID:
-        raise NotFound("no such job")
-    return int(job_id)
-
-
 class JobsController(Controller):
     path = "/v1/jobs"
-    guards = [signed]
+    guards = [signed, _paths.strict_query]
     tags = ["jobs"]
 
-    @post("/", status_code=201, summary="Submit a job")
+    @post("/", status_code=201, summary="Submit a job", dto=Body[JobSubmit], return_dto=None)
     async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobSubmit]) -> Response[Job]:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -66,7 +59,13 @@ class JobsController(Controller):
             rt.metrics.jobs_submitted.add(1, rt.metrics.labels(tenant_id, job.queue))
         return Response(inserted.job, status_code=201 if inserted.created else 200)
 
-    @post("/batch", status_code=201, summary="Submit up to 1000 jobs, all or nothing")
+    @post(
+        "/batch",
+        status_code=201,
+        summary="Submit up to 1000 jobs, all or nothing",
+        dto=Body[JobBatchSubmit],
+        return_dto=None,
+    )
     async def submit_batch(self, request: Request[Any, Any, Any], data: JSONBody[JobBatchSubmit]) -> JobBatch:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -94,7 +93,7 @@ class JobsController(Controller):
     ) -> Job:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
-        jid = parse_job_id(job_id)
+        jid = _paths.job_id(job_id)
         waiters = rt.notifier.job_waiters
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
@@ -106,7 +105,7 @@ class JobsController(Controller):
                 if job is None:
                     raise NotFound("no such job")
                 remaining = deadline - loop.time()
-                if ended is None or is_terminal(job.state) or remaining <= 0:
+                if ended is None or is_terminal(job.state) or remaining <= 0 or rt.draining.is_set():
                     return job
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended.wait(), remaining)
@@ -127,11 +126,7 @@ class JobsController(Controller):
         tenant_id = tenant_of(request)
         if job_state is not None and job_state not in JobState.__members__.values():
             raise InvalidInput(f"state must be one of {', '.join(s.value for s in JobState)}", field="state")
-        before_id = None
-        if after is not None:
-            if not after.isdigit() or len(after) > 19:
-                raise InvalidInput("after must be a cursor returned as next", field="after")
-            before_id = int(after)
+        before_id = _paths.id_cursor(after, "after")
         async with rt.pool.acquire() as conn:
             jobs = await db.job_list(
                 conn, tenant_id, state=job_state, queue=queue, before_id=before_id, limit=limit + 1
@@ -145,7 +140,7 @@ class JobsController(Controller):
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         async with rt.pool.acquire() as conn:
-            outcome = await db.job_cancel(conn, parse_job_id(job_id), tenant_id)
+            outcome = await db.job_cancel(conn, _paths.job_id(job_id), tenant_id)
         if outcome is None:
             raise NotFound("no such job")
         if not outcome.changed and outcome.job.state is not JobState.RUNNING:
@@ -158,7 +153,7 @@ class JobsController(Controller):
     async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
-        jid = parse_job_id(job_id)
+        jid = _paths.job_id(job_id)
         async with rt.pool.acquire() as conn:
             outcome = (await db.job_replay_many(conn, [jid], tenant_id)).get(jid)
         if outcome is None:
@@ -176,12 +171,6 @@ def _policy_out(p: db.RetryPolicyRow) -> RetryPolicyOut:
     return RetryPolicyOut(
         queue=p.queue or None, max_attempts=p.max_attempts, retry_base_ms=p.retry_base_ms, retry_cap_ms=p.retry_cap_ms
     )
-
-
-def _queue_name(queue: str) -> str:
-    if not QUEUE_RE.match(queue):
-        raise NotFound(f"no queue {queue!r}")
-    return queue
 
 
 class RetryPolicyController(Controller):
@@ -208,7 +197,7 @@ class RetryPolicyController(Controller):
             return RetryPolicyOut(queue=queue or None)
         return _policy_out(row)
 
-    @put("/retry-policy", summary="Set the tenant-wide retry policy")
+    @put("/retry-policy", summary="Set the tenant-wide retry policy", dto=Body[RetryPolicy], return_dto=None)
     async def put_tenant(self, request: Request[Any, Any, Any], data: JSONBody[RetryPolicy]) -> RetryPolicyOut:
         return await self._put(request, TENANT_WIDE, data)
 
@@ -216,19 +205,21 @@ class RetryPolicyController(Controller):
     async def get_tenant(self, request: Request[Any, Any, Any]) -> RetryPolicyOut:
         return await self._get(request, TENANT_WIDE)
 
-    @put("/queues/{queue:str}/retry-policy", summary="Set a queue's retry policy")
+    @put(
+        "/queues/{queue:str}/retry-policy", summary="Set a queue's retry policy", dto=Body[RetryPolicy], return_dto=None
+    )
     async def put_queue(
         self, request: Request[Any, Any, Any], queue: FromPath[str], data: JSONBody[RetryPolicy]
     ) -> RetryPolicyOut:
-        return await self._put(request, _queue_name(queue), data)
+        return await self._put(request, _paths.name(queue, "queue"), data)
 
     @get("/queues/{queue:str}/retry-policy", summary="A queue's retry policy")
     async def get_queue(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> RetryPolicyOut:
-        return await self._get(request, _queue_name(queue))
+        return await self._get(request, _paths.name(queue, "queue"))
 
     @delete("/queues/{queue:str}/retry-policy", status_code=204, summary="Drop a queue's retry policy")
     async def delete_queue(self, request: Request[Any, Any, Any], queue: FromPath[str]) -> Response[None]:
         async with runtime_of(request).pool.acquire() as conn:
-            if not await db.retry_policy_delete(conn, tenant_of(request), _queue_name(queue)):
+            if not await db.retry_policy_delete(conn, tenant_of(request), _paths.name(queue, "queue")):
                 raise NotFound(f"queue {queue} has no retry policy")
         return Response(None, status_code=204)

@@ -1,0 +1,23 @@
+"""The `orchestrator` command, one module per command group: serve, migrate/db-dump, worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from core import load_settings
+
+from ..telemetry import logs
+from . import database, serve, worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs.configure("info", json_lines=load_settings(os.environ).log_json)
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Job Orchestrator")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve.add_parser(sub)
+    database.add_parsers(sub)
+    worker.add_parser(sub)
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,7 @@
+"""`python -m gateway.cli`: the `orchestrator` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

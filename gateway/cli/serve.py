@@ -1,0 +1,114 @@
+"""`orchestrator serve`: the gateway processes, on an embedded PostgreSQL unless DATABASE_URL."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import db
+from core import load_settings
+
+from ..telemetry import logs
+from .database import open_database
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway (embedded PostgreSQL when DATABASE_URL is unset)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="gateway processes")
+    p.add_argument("--migrate", action="store_true", help="migrate the database first when it is behind")
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=serve)
+
+
+def _admin_token(data_dir: Path, configured: str | None) -> str:
+    if configured:
+        return configured
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
+
+
+async def _schema_problem(dsn: str) -> str | None:
+    conn = await db.connect(dsn)
+    try:
+        return db.schema_status(await db.current_revision(conn))
+    finally:
+        await conn.close()
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _exit_quietly(_sig: int, _frame: object) -> None:
+    raise _Stopped
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = load_settings(os.environ)
+    data_dir = Path(settings.data_dir)
+    dsn, embedded = open_database(data_dir, settings.database_url)
+    metrics_dir: str | None = None
+    try:
+        problem = asyncio.run(_schema_problem(dsn))
+        if problem is not None:
+            if not (args.migrate or embedded is not None) or "newer" in problem:
+                print(f"orchestrator: refusing to start: {problem}", file=sys.stderr)
+                return 2
+            db.upgrade(dsn)
+            print("migrated the database to the current schema", flush=True)
+        token = _admin_token(data_dir, settings.admin_token)
+        # Worker processes build their settings from this environment.
+        os.environ["DATABASE_URL"] = dsn
+        os.environ["ORCH_ADMIN_TOKEN"] = token
+        if args.workers > 1 and not settings.metrics_dir:
+            # Processes behind one port share their metrics through this folder (see metrics_merge).
+            metrics_dir = tempfile.mkdtemp(prefix="orch-metrics-")
+            os.environ["ORCH_METRICS_DIR"] = metrics_dir
+        print(f"Job Orchestrator listening on http://{args.host}:{args.port} ({args.workers} process(es))", flush=True)
+        if settings.admin_token is None:
+            print(f"admin token: {token} (kept in {data_dir / 'admin_token'})", flush=True)
+        # uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown; turn that into a normal exit
+        # so the embedded database below is stopped rather than left running.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, _exit_quietly)
+        with contextlib.suppress(_Stopped):
+            uvicorn.run(
+                "gateway.app:create_app",
+                factory=True,
+                host=args.host,
+                port=args.port,
+                workers=args.workers,
+                loop="uvloop",
+                http="httptools",
+                log_level=args.log_level,
+                log_config=logs.dict_config(args.log_level, json_lines=settings.log_json),
+                access_log=False,
+                timeout_graceful_shutdown=5,
+                # Longer than clients keep idle connections (the SDK: 30 s), so the server never
+                # closes one under a request in flight.
+                timeout_keep_alive=75,
+            )
+        return 0
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if embedded is not None:
+            embedded.stop()

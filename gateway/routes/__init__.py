@@ -1,0 +1,32 @@
+"""The HTTP routes: one module per resource, Litestar controllers and nothing else."""
+
+from __future__ import annotations
+
+from litestar.types import ControllerRouterHandler
+
+from .admin import AdminController
+from .events import ConsumersController, EventsController
+from .jobs import JobsController, RetryPolicyController
+from .ops import healthz, metrics, readyz
+from .queues import AdminQueuesController, QueuesController
+from .schedules import SchedulesController
+from .webhooks import WebhooksController
+from .workers import WorkersController
+
+ROUTES: list[ControllerRouterHandler] = [
+    JobsController,
+    RetryPolicyController,
+    SchedulesController,
+    WorkersController,
+    EventsController,
+    ConsumersController,
+    WebhooksController,
+    AdminController,
+    QueuesController,
+    AdminQueuesController,
+    healthz,
+    readyz,
+    metrics,
+]
+
+__all__ = ["ROUTES"]
