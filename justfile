@@ -52,10 +52,10 @@ migrate:
 db-dump:
     orchestrator db-dump
 
-# Delete the local data folder (the embedded database and the admin token)
+# Delete the local data folder (the embedded database and the admin token); refused while in use
 [group('db')]
 reset:
-    rm -rf "${ORCH_DATA_DIR:-.orchestrator}"
+    orchestrator reset
 
 # Build the image and start the whole product in Docker (writes deploy/.env with fresh secrets when missing)
 [group('deploy')]

@@ -41,12 +41,17 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     webhook_poll_seconds: float = 5.0
     # Where clients reach this gateway; webhooks may not point at it.
     public_url: str | None = None
+    # Host names, IP addresses and CIDR networks webhooks may reach although they are loopback,
+    # private, link-local or otherwise internal (refused by default).
+    webhook_allow_hosts: tuple[str, ...] = ()
     # Observability: drop the tenant label where tenants are too many to be series; how often
     # the database-derived gauges are refreshed; where `serve --workers N` processes share
     # their metrics; JSON or plain text logs.
     metrics_tenant_label: bool = True
     stats_interval_seconds: float = 10.0
     metrics_dir: str | None = None
+    # When set, /metrics answers only requests bearing it (Prometheus: `authorization: credentials`).
+    metrics_token: str | None = None
     log_json: bool = True
     traces: str | None = None  # a span exporter: console, or otlp
 
@@ -104,9 +109,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         webhook_concurrency=_int(env, "WEBHOOK_CONCURRENCY", d.webhook_concurrency),
         webhook_poll_seconds=_float(env, "WEBHOOK_POLL_SECONDS", d.webhook_poll_seconds),
         public_url=env.get(PREFIX + "PUBLIC_URL") or None,
+        webhook_allow_hosts=tuple(
+            h.strip() for h in env.get(PREFIX + "WEBHOOK_ALLOW_HOSTS", "").split(",") if h.strip()
+        ),
         metrics_tenant_label=_flag(env, "METRICS_TENANT_LABEL"),
         stats_interval_seconds=_float(env, "STATS_INTERVAL_SECONDS", d.stats_interval_seconds),
         metrics_dir=env.get(PREFIX + "METRICS_DIR") or None,
+        metrics_token=env.get(PREFIX + "METRICS_TOKEN") or None,
         log_json=env.get(PREFIX + "LOG_FORMAT", "json").lower() != "text",
         traces=env.get(PREFIX + "TRACES") or None,
     )

@@ -2,7 +2,7 @@
 
 from ._types import Conn
 from .databases import database_create, database_drop, with_database
-from .embedded import EmbeddedPostgres, pg_bin
+from .embedded import EmbeddedPostgres, live_users, pg_bin, running_server_pid
 from .events import (
     Backlog,
     ConsumerRow,
@@ -59,7 +59,6 @@ from .jobs import (
     queue_paused_list,
     queue_resume,
     runnable_queue_forget,
-    tenant_inflight_room,
     tenant_pick,
 )
 from .migrate import current_revision, downgrade, head_revision, schema_status, upgrade
@@ -160,6 +159,7 @@ __all__ = [
     "job_ready_queues",
     "job_reap_expired",
     "job_replay_many",
+    "live_users",
     "notify_probe",
     "pg_bin",
     "ping",
@@ -171,6 +171,7 @@ __all__ = [
     "retry_policy_get",
     "retry_policy_upsert",
     "runnable_queue_forget",
+    "running_server_pid",
     "schedule_clock",
     "schedule_delete",
     "schedule_fire_due",
@@ -183,7 +184,6 @@ __all__ = [
     "schema_status",
     "stats_read",
     "tenant_get",
-    "tenant_inflight_room",
     "tenant_insert",
     "tenant_list",
     "tenant_pick",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,13 +31,66 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self._server = _pgserver().get_server(data_dir, cleanup_mode="stop")
+        pgserver = _pgserver()
+        with pgserver.PostgresServer._lock:
+            _forget_dead_users(data_dir)
+        # A server left running by a process that was killed is adopted here, and stopped by
+        # the last user's stop() like one this process started.
+        self._server = pgserver.get_server(data_dir, cleanup_mode="stop")
 
     def dsn(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))
 
     def stop(self) -> None:
         self._server.cleanup()
+
+
+HANDLES_FILE = ".handle_pids.json"  # where pgserver counts the processes using a data folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget_dead_users(data_dir: Path) -> None:
+    """Drop processes that died without saying so (kill -9) from pgserver's count of users, or
+    the server would never again be stopped by the last live one."""
+    path = data_dir / HANDLES_FILE
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(pids, list):
+        return
+    live = [p for p in pids if isinstance(p, int) and _alive(p)]
+    if live != pids:
+        with contextlib.suppress(OSError):
+            path.write_text(json.dumps(live))
+
+
+def live_users(data_dir: Path) -> list[int]:
+    """The live processes that use the embedded server of `data_dir`."""
+    try:
+        pids = json.loads((data_dir / HANDLES_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in pids if isinstance(p, int) and _alive(p)] if isinstance(pids, list) else []
+
+
+def running_server_pid(data_dir: Path) -> int | None:
+    """The pid of a PostgreSQL server running on `data_dir`, if one is."""
+    try:
+        first = (data_dir / "postmaster.pid").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    pid = int(first) if first.isascii() and first.isdigit() else None
+    return pid if pid is not None and _alive(pid) else None
 
 
 def _major(program: str) -> int | None:

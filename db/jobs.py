@@ -29,8 +29,6 @@ _RUNNABLE_FORGET = sql("runnable_queue_forget")
 _QUEUE_PAUSE = sql("queue_pause")
 _QUEUE_RESUME = sql("queue_resume")
 _QUEUE_PAUSED = sql("queue_paused_list")
-_INFLIGHT_LOCK = sql("tenant_inflight_lock")
-_INFLIGHT_ROOM = sql("tenant_inflight_room")
 _LEASE = sql("job_lease")
 _HEARTBEAT = sql("job_heartbeat")
 _COMPLETE_MANY = sql("job_complete_many")
@@ -153,13 +151,6 @@ async def queue_paused_list(conn: Conn, tenant_id: str) -> list[str]:
     return [r["queue"] for r in await conn.fetch(_QUEUE_PAUSED, tenant_id)]
 
 
-async def tenant_inflight_room(conn: Conn, tenant_id: str) -> int:
-    """Lock the tenant's cap for this transaction and return how many more jobs fit under it."""
-    await conn.execute(_INFLIGHT_LOCK, tenant_id)
-    room: int | None = await conn.fetchval(_INFLIGHT_ROOM, tenant_id)
-    return room or 0
-
-
 async def job_lease(
     conn: Conn,
     tenant_id: str,
@@ -171,8 +162,10 @@ async def job_lease(
     pass_floor: float | None = None,
     fifo: bool = False,
 ) -> list[LeasedJob]:
-    """Lease up to `limit` ready jobs. `pass_floor` (shared leases) advances the tenant's fair-share
-    pass; `fifo` takes the oldest jobs whatever their priority."""
+    """Lease up to `limit` ready jobs, fewer when the tenant's in-flight cap leaves less room.
+    `pass_floor` (shared leases) advances the tenant's fair-share pass; `fifo` takes the oldest
+    jobs whatever their priority. One statement: call it outside a transaction, or the cap's
+    lock is held to that transaction's end."""
     rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id, pass_floor, fifo)
     return [leased_job_from_row(r) for r in rows]
 

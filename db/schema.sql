@@ -160,6 +160,28 @@ BEGIN
 END
 $_$;
 
+CREATE FUNCTION public.orch_job_lease_capped(p_tenant text, p_queues text[], p_limit integer, p_lease_seconds integer, p_worker text, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    cap integer;
+    room bigint;
+BEGIN
+    SELECT t.max_inflight INTO cap FROM tenants t WHERE t.id = p_tenant;
+    IF cap IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('orch.inflight:' || p_tenant, 0));
+        SELECT cap - count(*) INTO room FROM jobs r WHERE r.tenant_id = p_tenant AND r.state = 'running';
+        IF room <= 0 THEN
+            RETURN;
+        END IF;
+        p_limit := least(p_limit, room);
+    END IF;
+    RETURN QUERY SELECT * FROM orch_job_lease(p_tenant, p_queues, p_limit, p_lease_seconds, p_worker,
+                                              p_pass_floor, p_fifo);
+END
+$$;
+
 CREATE FUNCTION public.orch_jobs_notify() RETURNS trigger
     LANGUAGE plpgsql
     AS $$

@@ -154,8 +154,12 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, HTTPException):
         return problem(exc.status_code, exc.detail, headers=exc.headers)
     if isinstance(exc, asyncpg.DataError):
-        # Input that passed validation but that PostgreSQL cannot store (e.g. \u0000 in jsonb).
-        return problem(422, f"a value cannot be stored: {exc}")
+        # Input that passed validation but that PostgreSQL cannot store. Its text names server
+        # internals, so it goes to the log, not to the client.
+        log.info("a value could not be stored in %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            422, "a value cannot be stored: a string holds \\u0000, or a number or time is out of the stored range"
+        )
     if db_down(exc):
         log.warning("database unreachable during %s %s: %r", request.method, request.url.path, exc)
         return problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": RETRY_AFTER_SECONDS})

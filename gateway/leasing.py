@@ -97,6 +97,28 @@ class Leaser:
             rt.metrics.lease_requests.add(1, {"outcome": outcome})
             rt.metrics.long_poll_wait.record(loop.time() - started)
 
+    async def release(self, jobs: list[LeasedJob]) -> None:
+        """Give leased jobs back at once, without counting the attempt (a snooze of 0 ms)."""
+        rt = self._rt
+        items = [
+            db.FailItem(
+                job_id=int(j.id),
+                lease_token=j.lease_token,
+                error="released: the lease request's client went away",
+                retryable=True,
+                retry_in_ms=0,
+                snooze=True,
+            )
+            for j in jobs
+        ]
+        async with rt.pool.acquire() as conn:
+            await db.job_fail_many(
+                conn, items, None, base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms
+            )
+        rt.metrics.jobs_released.add(len(items))
+        rt.due.hint(0.0)
+        log.info("released jobs leased to a client that went away", extra={"count": len(items)})
+
     async def _attempt(self, tenant_id: str | None, req: LeaseRequest) -> list[LeasedJob]:
         # The starvation guard: some rounds take the oldest jobs whatever their priority.
         fifo = random.random() < FIFO_SHARE
@@ -104,9 +126,7 @@ class Leaser:
         try:
             async with self._rt.pool.acquire() as conn:
                 if tenant_id is not None:
-                    tenant = await db.tenant_get(conn, tenant_id)
-                    cap = None if tenant is None else tenant.max_inflight
-                    jobs = await self._lease_tenant(conn, tenant_id, cap, req, req.max_jobs, None, fifo)
+                    jobs = await self._lease_tenant(conn, tenant_id, req, req.max_jobs, None, fifo)
                 else:
                     jobs = await self._lease_shared(conn, req, fifo)
         finally:
@@ -122,9 +142,7 @@ class Leaser:
             return leased
         floor = candidates[0].lead_pass - JOIN_CREDIT
         for c in candidates:
-            got = await self._lease_tenant(
-                conn, c.tenant_id, c.max_inflight, req, req.max_jobs - len(leased), floor, fifo
-            )
+            got = await self._lease_tenant(conn, c.tenant_id, req, req.max_jobs - len(leased), floor, fifo)
             if not got:
                 # Its ready jobs are gone (or all locked by other leases): stop offering it.
                 await db.runnable_queue_forget(conn, c.tenant_id, req.queues)
@@ -138,26 +156,12 @@ class Leaser:
         return leased
 
     async def _lease_tenant(
-        self,
-        conn: db.Conn,
-        tenant_id: str,
-        cap: int | None,
-        req: LeaseRequest,
-        limit: int,
-        pass_floor: float | None,
-        fifo: bool,
+        self, conn: db.Conn, tenant_id: str, req: LeaseRequest, limit: int, pass_floor: float | None, fifo: bool
     ) -> list[LeasedJob]:
         lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
-        args = (conn, tenant_id, req.queues)
-        if cap is None:
-            return await db.job_lease(*args, limit, lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo)
-        async with conn.transaction():
-            room = await db.tenant_inflight_room(conn, tenant_id)
-            if room <= 0:
-                return []
-            return await db.job_lease(
-                *args, min(limit, room), lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo
-            )
+        return await db.job_lease(
+            conn, tenant_id, req.queues, limit, lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo
+        )
 
 
 def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Future[object]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from core.wire import AckComplete, AckFail, LeasedJob
 
-from ._backoff import backoff_s
+from ._backoff import retry_delay_s
 from ._errors import ApiError, Forbidden, InvalidRequest, SdkError, Unauthorized, is_transient
 from ._outcome import Outcome
 from ._worker import WorkerClient
@@ -91,6 +91,15 @@ class AckBatcher:
         if self._task is not None:
             await asyncio.wait({self._task})
 
+    async def finish(self, timeout_s: float) -> bool:
+        """`close()` within `timeout_s`, else `abort()`; True when everything was sent."""
+        try:
+            await asyncio.wait_for(self.close(), timeout_s)
+        except TimeoutError:
+            await self.abort()
+            return False
+        return True
+
     async def abort(self) -> None:
         """Stop without sending: the jobs still waiting run again once their leases expire."""
         if self._pending:
@@ -167,7 +176,7 @@ class AckBatcher:
                         exc,
                     )
                     return
-                await asyncio.sleep(backoff_s(attempt, exc))
+                await asyncio.sleep(retry_delay_s(attempt, exc))
                 continue
             self.batches_sent += 1
             self.items_sent += len(batch)

@@ -1,8 +1,8 @@
-"""How long to wait before retrying after a transient error."""
+"""How long the SDK waits before retrying after a transient error."""
 
 from __future__ import annotations
 
-import random
+from core.retry import backoff_s
 
 from ._errors import Unavailable
 
@@ -10,11 +10,10 @@ BASE_S = 0.1
 CAP_S = 5.0
 
 
-def backoff_s(failures: int, exc: BaseException | None = None) -> float:
-    """Exponential with jitter: about 0.1 s after the first failure, doubling up to 5 s, and
-    never sooner than the server's Retry-After (itself capped at 5 s)."""
-    ceiling = min(CAP_S, BASE_S * 2.0 ** min(max(failures, 1) - 1, 16))
-    delay = ceiling * random.uniform(0.5, 1.0)
+def retry_delay_s(failures: int, exc: BaseException | None = None) -> float:
+    """The core backoff from 0.1 s up to 5 s, and never sooner than the server's Retry-After
+    (itself capped at 5 s)."""
+    delay = backoff_s(failures, BASE_S, CAP_S)
     if isinstance(exc, Unavailable) and exc.retry_after is not None:
         delay = max(delay, min(exc.retry_after, CAP_S))
     return delay

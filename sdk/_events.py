@@ -17,9 +17,11 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from core.numbers import parse_uint
 from core.signing import sign_headers, webhook_signature
 from core.states import EventType
 from core.wire import (
+    MAX_WAIT_MS,
     Consumer,
     ConsumerAck,
     ConsumerCreate,
@@ -31,7 +33,7 @@ from core.wire import (
     WebhookList,
 )
 
-from ._backoff import backoff_s
+from ._backoff import retry_delay_s
 from ._errors import ApiError, Conflict, SdkError, TransportError, is_transient
 from ._http import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, Query, Transport, _error, body_of
 
@@ -45,12 +47,9 @@ _webhook = msgspec.json.Decoder(Webhook)
 _webhooks = msgspec.json.Decoder(WebhookList)
 _none = msgspec.json.Decoder(msgspec.Raw)
 
-MAX_WAIT_MS = 60_000  # the server's limit for one long-poll
 # The server sends a keep-alive comment every 15 s by default; a stream silent for longer than
 # this is taken for dead and reopened.
 SSE_IDLE_TIMEOUT_S = 45.0
-# Room past the server's wait for the answer to travel back.
-WAIT_MARGIN_S = 15.0
 
 Mode = Literal["poll", "sse"]
 
@@ -80,9 +79,10 @@ def verify_webhook(
 
     Pass the body exactly as received, before any JSON parsing.
     """
-    if not timestamp.isdigit():
+    sent_at = parse_uint(timestamp)
+    if sent_at is None:
         return False
-    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
+    if abs((time.time() if now is None else now) - sent_at) > tolerance_s:
         return False
     raw = body.encode() if isinstance(body, str) else body
     expected = webhook_signature(secret, timestamp, raw)
@@ -210,9 +210,9 @@ class EventsClient:
                 if not is_transient(exc):
                     raise
                 failures += 1
-                await asyncio.sleep(backoff_s(failures, exc))
+                await asyncio.sleep(retry_delay_s(failures, exc))
                 continue
-            await asyncio.sleep(backoff_s(failures))
+            await asyncio.sleep(retry_delay_s(failures))
 
     async def _stream_once(self, last_event_id: str | None) -> AsyncIterator[Event]:
         """One Server-Sent Events connection, from `last_event_id`, until it ends or breaks."""
@@ -344,4 +344,4 @@ async def _retrying(call: Callable[[], Awaitable[T]]) -> T:
             if not is_transient(exc):
                 raise
             failures += 1
-            await asyncio.sleep(backoff_s(failures, exc))
+            await asyncio.sleep(retry_delay_s(failures, exc))

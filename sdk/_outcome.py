@@ -8,7 +8,7 @@ import contextlib
 import contextvars
 import inspect
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -117,10 +117,6 @@ def interrupted(reason: Literal["cancel_requested", "shutdown", "unexpected"]) -
 
 def is_async(handler: Handler) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__)
-
-
-def resolve(kind: str, handlers: Mapping[str, Handler], default: Handler | None) -> Handler | None:
-    return handlers.get(kind, default)
 
 
 async def call(handler: Handler, payload: dict[str, Any], executor: Executor | None) -> Any:

@@ -12,17 +12,15 @@ from typing import Any, Self
 import msgspec
 
 from core.states import is_terminal
-from core.wire import Job, JobBatch, JobBatchSubmit, JobList, JobSubmit
+from core.wire import MAX_WAIT_MS, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit
 
-from ._backoff import backoff_s
+from ._backoff import retry_delay_s
 from ._errors import SdkError, is_transient
 from ._http import DEFAULT_TIMEOUT_S, Transport, body_of, job_path
 
 _job = msgspec.json.Decoder(Job)
 _batch = msgspec.json.Decoder(JobBatch)
 _list = msgspec.json.Decoder(JobList)
-
-MAX_WAIT_MS = 60_000  # the server's limit for one long-polling get
 
 
 class ProducerClient:
@@ -104,7 +102,7 @@ class ProducerClient:
                         raise
                     return job
                 failures += 1
-                await asyncio.sleep(min(backoff_s(failures, exc), left))
+                await asyncio.sleep(min(retry_delay_s(failures, exc), left))
                 continue
             failures = 0
             if is_terminal(job.state) or loop.time() >= deadline:

@@ -2,8 +2,10 @@
 
 The target is `module:attribute`, imported with the current directory on `sys.path`. It names a
 handler (`handler(payload) -> result`, coroutine function or plain function), or a mapping of
-job kind to handler (the empty kind "" being the default). SIGTERM and SIGINT stop leasing and
-let running jobs finish (up to `--shutdown-timeout`); a second signal abandons them.
+job kind to handler (the empty kind "" being the default). The API key comes from
+`ORCH_API_KEY` or `--api-key-file`; `--api-key` works too, but puts the key where every user of
+the machine can read it (the process's arguments). SIGTERM and SIGINT stop leasing and let
+running jobs finish (up to `--shutdown-timeout`); a second signal abandons them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._dispatch import DEFAULT_KIND
 from ._errors import Forbidden, SdkError, Unauthorized
 from ._outcome import Handler
 from ._runner import WorkerRunner
@@ -30,12 +33,16 @@ EXIT_USAGE = 2
 EXIT_REFUSED = 3
 
 
-class TargetError(Exception):
+class UsageError(Exception):
+    """The command line cannot be acted on."""
+
+
+class TargetError(UsageError):
     """The handler could not be loaded."""
 
 
-def load_target(spec: str) -> tuple[Handler | None, dict[str, Handler]]:
-    """`module:attribute` → (default handler, handlers by kind)."""
+def load_target(spec: str) -> dict[str, Handler]:
+    """`module:attribute` → handlers by kind, the one for `""` being the default."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise TargetError(f"expected module:attribute, got {spec!r}")
@@ -57,9 +64,9 @@ def load_target(spec: str) -> tuple[Handler | None, dict[str, Handler]]:
             if not isinstance(kind, str) or not callable(fn):
                 raise TargetError(f"{spec} must map job kinds (str) to handlers")
             handlers[kind] = fn
-        return handlers.pop("", None), handlers
+        return handlers
     if callable(target):
-        return target, {}
+        return {DEFAULT_KIND: target}
     raise TargetError(f"{spec} is neither a handler nor a mapping of kinds to handlers")
 
 
@@ -75,10 +82,15 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("target", metavar="module:handler", help="the handler, or a mapping of job kind to handler")
     p.add_argument("--url", default=os.environ.get("ORCH_URL"), help="the gateway's URL (env ORCH_URL)")
-    p.add_argument(
+    key = p.add_mutually_exclusive_group()
+    key.add_argument(
+        "--api-key-file",
+        metavar="PATH",
+        help="a file holding the key: a tenant key, or a shared worker key (default: env ORCH_API_KEY)",
+    )
+    key.add_argument(
         "--api-key",
-        default=os.environ.get("ORCH_API_KEY"),
-        help="a tenant key, or a shared worker key (env ORCH_API_KEY)",
+        help="the key itself; discouraged: other users of the machine can read a process's arguments",
     )
     p.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}", help="default: hostname-pid")
     p.add_argument(
@@ -99,10 +111,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def api_key(args: argparse.Namespace) -> str:
+    """The key from `--api-key-file`, `--api-key` or `ORCH_API_KEY`, in that order."""
+    if args.api_key_file is not None:
+        try:
+            with open(args.api_key_file, encoding="utf-8") as f:
+                key = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read --api-key-file {args.api_key_file!r}: {exc}") from exc
+        if not key:
+            raise UsageError(f"--api-key-file {args.api_key_file!r} is empty")
+        return key
+    given: str = args.api_key or os.environ.get("ORCH_API_KEY", "").strip()
+    if not given:
+        raise UsageError("no API key: set ORCH_API_KEY or pass --api-key-file")
+    return given
+
+
 async def _serve(runner: WorkerRunner) -> None:
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
+    task = asyncio.create_task(runner.run())
     signals = 0
 
     def on_signal(sig: signal.Signals) -> None:
@@ -123,7 +151,7 @@ async def _serve(runner: WorkerRunner) -> None:
         except RuntimeError:  # not the main thread, or no signal support here (its subclass)
             pass
     try:
-        await runner.run()
+        await task
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -142,27 +170,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.url:
         print("orchestrator worker: no gateway URL: pass --url or set ORCH_URL", file=err)
         return EXIT_USAGE
-    if not args.api_key:
-        print("orchestrator worker: no API key: pass --api-key or set ORCH_API_KEY", file=err)
-        return EXIT_USAGE
     if args.concurrency < 1:
         print("orchestrator worker: --concurrency must be at least 1", file=err)
         return EXIT_USAGE
     try:
-        default, handlers = load_target(args.target)
-        client = WorkerClient(args.url, worker_id=args.worker_id, api_key=args.api_key, queues=_queues(args.queues))
+        key = api_key(args)
+        handlers = load_target(args.target)
+        client = WorkerClient(args.url, worker_id=args.worker_id, api_key=key, queues=_queues(args.queues))
         runner = WorkerRunner(
             client,
-            default,
             handlers=handlers,
             concurrency=args.concurrency,
             lease_seconds=args.lease_seconds,
             shutdown_timeout_s=args.shutdown_timeout,
         )
-    except (TargetError, ValueError) as exc:
+    except (UsageError, ValueError) as exc:
         print(f"orchestrator worker: {exc}", file=err)
         return EXIT_USAGE
-    kinds = ", ".join(repr(k) for k in handlers) or "none"
+    if args.api_key is not None:
+        log.warning(
+            "worker %s: --api-key shows the key to every user of this machine; use ORCH_API_KEY or --api-key-file",
+            args.worker_id,
+        )
+    kinds = ", ".join(repr(k) for k in handlers if k != DEFAULT_KIND) or "none"
     log.info(
         "worker %s: serving %s at %s (queues %s, concurrency %d, kinds %s%s)",
         args.worker_id,
@@ -171,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ",".join(client.queues),
         args.concurrency,
         kinds,
-        ", with a default handler" if default is not None else "",
+        ", with a default handler" if DEFAULT_KIND in handlers else "",
     )
     try:
         asyncio.run(_serve(runner))

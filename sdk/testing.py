@@ -24,7 +24,8 @@ from typing import Any
 from core.states import JobState
 from core.wire import Job, LeasedJob
 
-from ._outcome import Handler, Outcome, resolve, run_job
+from ._dispatch import resolve
+from ._outcome import Handler, Outcome, run_job
 
 __all__ = ["FakeJob", "Outcome", "arun_handler", "run_handler"]
 
@@ -75,10 +76,11 @@ async def arun_handler(
     attempt: int = 1,
     kind: str = "",
 ) -> Outcome:
-    """Run `handler` (or the one a mapping of kind → handler names for `kind`) on a payload or a
-    job and return the outcome. For async tests; `run_handler` is the blocking form."""
+    """Run `handler` on a payload or a job and return the outcome. `handler` may be a mapping of
+    kind → handler, dispatched as the runner does: the job's kind, else the `""` entry. For
+    async tests; `run_handler` is the blocking form."""
     job = _job(payload, kind, attempt)
-    chosen = resolve(job.kind, handler, None) if isinstance(handler, Mapping) else handler
+    chosen = resolve(job.kind, handler) if isinstance(handler, Mapping) else handler
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orch-test-handler") as pool:
         return await run_job(chosen, job, pool)
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -163,6 +164,9 @@ class InProcessGateway:
         self.url = f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        # As `orchestrator serve` does on SIGTERM: parked requests answer, then the server stops.
+        if self.server.started:
+            self.runtime.begin_drain()
         self.server.should_exit = True
         if self._task is not None:
             await asyncio.wait_for(self._task, 20)
@@ -255,3 +259,65 @@ async def fetch(database_url: str, query: str, *args: Any) -> list[Any]:
 async def fetchval(database_url: str, query: str, *args: Any) -> Any:
     rows = await fetch(database_url, query, *args)
     return rows[0][0] if rows else None
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """A Prometheus exposition as {(sample name, labels): value}, OpenTelemetry's own labels left out."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = frozenset((k, v) for k, v in s.labels.items() if not k.startswith("otel_"))
+            out[(s.name, labels)] = s.value
+    return out
+
+
+def metric_total(samples: Samples, name: str, **match: str) -> float:
+    """The sum of a metric's samples whose labels include `match`."""
+    return sum(v for (n, labels), v in samples.items() if n == name and set(match.items()) <= set(labels))
+
+
+def snapshot_totals(folder: Path, name: str, **match: str) -> dict[int, float]:
+    """A metric's total in each process's own snapshot (`serve --workers N` with ORCH_METRICS_DIR),
+    by the pid the snapshot is named after."""
+    totals: dict[int, float] = {}
+    for path in folder.glob("*.prom"):
+        with contextlib.suppress(FileNotFoundError):
+            totals[int(path.stem)] = metric_total(metric_samples(path.read_text()), name, **match)
+    return totals
+
+
+def worker_pids(gw: GatewayProcess) -> set[int]:
+    """The gateway processes `serve --workers N` started (uvicorn spawns them; its resource tracker is no gateway)."""
+    import psutil
+
+    children = psutil.Process(gw.proc.pid).children(recursive=True)
+    return {c.pid for c in children if "spawn_main" in " ".join(c.cmdline())}
+
+
+async def submit_until_every_process_served(
+    gw: GatewayProcess, key: str, folder: Path, *, processes: int = 2, timeout: float = 30.0
+) -> tuple[int, dict[int, float]]:
+    """Submit one job at a time, each on a new connection (so the processes behind the port take
+    them as they come), until every process's snapshot counts a submit. Returns how many were
+    submitted and the submits counted by pid."""
+    submitted = 0
+
+    async def every_process_served() -> dict[int, float] | None:
+        nonlocal submitted
+        one = Api(gw.url, "")
+        try:
+            r = await one.signed(key, "POST", "/v1/jobs", {"payload": {"n": submitted}})
+            assert r.status == 201, r.body
+            submitted += 1
+        finally:
+            await one.close()
+        per_process = snapshot_totals(folder, "orch_jobs_submitted_total")
+        return per_process if len(per_process) == processes and all(per_process.values()) else None
+
+    per_process = await eventually(every_process_served, timeout=timeout, every=0.02)
+    return submitted, per_process

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 
 from core import JobState
+from core.signing import webhook_signature
 from core.wire import AckResponse, HeartbeatResponse
 from sdk import (
     AckComplete,
@@ -21,6 +23,7 @@ from sdk import (
     ApiError,
     Cancel,
     Conflict,
+    Handler,
     InvalidRequest,
     Job,
     JobSubmit,
@@ -35,6 +38,7 @@ from sdk import (
     WorkerClient,
     WorkerRunner,
     current_job,
+    verify_webhook,
 )
 from sdk._acks import AckBatcher
 from sdk._http import body_of
@@ -595,6 +599,29 @@ async def test_jobs_are_dispatched_by_kind(api: Api, tenant_a: str, producer: Pr
 
 
 @pytest.mark.timeout(60)
+async def test_the_empty_kind_is_the_default_handler(api: Api, tenant_a: str, producer: ProducerClient) -> None:
+    jobs = await producer.submit_many([JobSubmit(payload={}, kind=kind, max_attempts=1) for kind in ["", "a", "other"]])
+
+    def named(name: str) -> Handler:
+        async def handler(payload: dict[str, Any]) -> str:
+            return f"{name} {current_job().kind!r}"
+
+        return handler
+
+    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
+        runner = WorkerRunner(client, handlers={"": named("empty"), "a": named("a")}, concurrency=3)
+        done = await run_until(runner, lambda: all_in(producer, jobs, JobState.SUCCEEDED))
+    assert [j.result for j in done] == ["empty ''", "a 'a'", "empty 'other'"]
+
+    # Both given: `handler` is the default, the "" entry serves the empty kind only.
+    again = await producer.submit_many([JobSubmit(payload={}, kind=kind, max_attempts=1) for kind in ["", "other"]])
+    async with WorkerClient(api.url, worker_id="w2", api_key=tenant_a) as client:
+        runner = WorkerRunner(client, named("default"), handlers={"": named("empty")}, concurrency=2)
+        done = await run_until(runner, lambda: all_in(producer, again, JobState.SUCCEEDED))
+    assert [j.result for j in done] == ["empty ''", "default 'other'"]
+
+
+@pytest.mark.timeout(60)
 async def test_a_kind_without_a_handler_fails_as_retryable(api: Api, tenant_a: str, producer: ProducerClient) -> None:
     job = await producer.submit({}, kind="unknown", max_attempts=1)
     async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
@@ -671,6 +698,17 @@ async def test_ack_results_are_judged_per_item(
     assert (await producer.get(jobs[1].id)).state is JobState.RUNNING
     assert f"job {stale.id}: lease lost" in caplog.text
     assert "job 987654321: not found" in caplog.text
+
+
+def test_a_malformed_webhook_timestamp_is_refused() -> None:
+    body = b'{"id":"1"}'
+    now = 1_700_000_000
+    good = webhook_signature("s3cret", str(now), body)
+    assert verify_webhook("s3cret", str(now), body, good, now=now)
+    for bad in ("²", "¹²³", "9" * 5000, " 12", "12 ", "", "-1", "+12", "1_0", "1.5", "١٢٣"):
+        # Signed with the odd timestamp itself, any age tolerated: only its form can refuse it.
+        signature = webhook_signature("s3cret", bad, body)
+        assert verify_webhook("s3cret", bad, body, signature, math.inf, now=now) is False, bad
 
 
 def test_false_flags_are_left_out_of_request_bodies() -> None:
@@ -761,22 +799,31 @@ async def test_sync_handlers_run_in_a_pool_sized_to_the_concurrency(
 
 
 @pytest.mark.timeout(60)
-async def test_a_revoked_key_stops_the_runner(api: Api, tenant_a: str, producer: ProducerClient) -> None:
-    await producer.submit({})
-    started, release = asyncio.Event(), asyncio.Event()
+async def test_a_revoked_key_stops_the_runner(api: Api, producer: ProducerClient) -> None:
+    job = await producer.submit({})
+    key = await api.worker_key()
+    started, abandoned = asyncio.Event(), asyncio.Event()
 
     async def handler(payload: dict[str, Any]) -> None:
         started.set()
-        await release.wait()
+        try:
+            await asyncio.Event().wait()  # never returns: only the runner can end it
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
 
-    async with WorkerClient(api.url, worker_id="w1", api_key=tenant_a) as client:
-        task = asyncio.create_task(WorkerRunner(client, handler, concurrency=2).run())
+    async with WorkerClient(api.url, worker_id="w1", api_key=key) as client:
+        # The one slot is busy, so no lease is in flight: the heartbeat alone meets the revocation.
+        task = asyncio.create_task(WorkerRunner(client, handler, concurrency=1, lease_seconds=3).run())
         await asyncio.wait_for(started.wait(), 10)
-        r = await api.admin("DELETE", f"/v1/admin/keys/{tenant_a.split('.', 1)[0]}")
+        r = await api.admin("DELETE", f"/v1/admin/keys/{key.split('.', 1)[0]}")
         assert r.status in (200, 204), r.body
-        release.set()
         with pytest.raises(Unauthorized):
             await asyncio.wait_for(task, 10)
+    assert abandoned.is_set()
+    # Abandoned, not reported: the job keeps its lease until it expires.
+    left = await producer.get(job.id)
+    assert (left.state, left.attempts, left.last_error) == (JobState.RUNNING, 1, None)
 
 
 @pytest.mark.timeout(60)

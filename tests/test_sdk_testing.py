@@ -106,6 +106,18 @@ def test_dispatch_by_kind_with_a_mapping() -> None:
     assert (unknown.status, unknown.error) == ("failed", "no handler for job kind 'other'")
 
 
+def test_the_empty_kind_is_the_default_of_a_mapping() -> None:
+    handlers = {"double": double, "": lambda payload: f"default for {current_job().kind!r}"}
+    assert run_handler(handlers, {"n": 1}, kind="other").result == "default for 'other'"
+    assert run_handler(handlers, FakeJob({"n": 1}, kind="x")).result == "default for 'x'"
+    assert run_handler(handlers, {"n": 4}, kind="double").result == {"twice": 8}  # its own handler first
+
+
+async def test_the_async_form_dispatches_the_same_way() -> None:
+    handlers = {"": double}
+    assert (await arun_handler(handlers, {"n": 3}, kind="anything")).result == {"twice": 6}
+
+
 def test_fake_job() -> None:
     job = FakeJob({"a": 1}, kind="k", attempt=3, queue="q", tenant_id="t", id="42", lease_token=9)
     assert (job.payload, job.kind, job.attempts, job.queue, job.tenant_id, job.id) == ({"a": 1}, "k", 3, "q", "t", "42")

@@ -55,18 +55,10 @@ SELECT id, max_inflight, vpass, lead_pass FROM orch_tenant_pick($1::text[], $2);
 -- name: runnable_queue_forget
 SELECT orch_runnable_forget($1, $2::text[]);
 
--- name: tenant_inflight_lock
--- Serialises leases of one capped tenant so that counting its running jobs and leasing more
--- cannot interleave; uncapped tenants never take it.
-SELECT pg_advisory_xact_lock(hashtextextended('orch.inflight:' || $1, 0));
-
--- name: tenant_inflight_room
-SELECT greatest(0, t.max_inflight - (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
-  FROM tenants t WHERE t.id = $1;
-
 -- name: job_lease
--- The function (migration 0007) holds the statement and keeps its generic plan.
-SELECT * FROM orch_job_lease($1, $2::text[], $3, $4, $5, $6, $7);
+-- The functions (migrations 0007, 0008) hold the statement, keep its generic plan, and apply
+-- the tenant's in-flight cap.
+SELECT * FROM orch_job_lease_capped($1, $2::text[], $3, $4, $5, $6, $7);
 
 -- name: job_heartbeat
 -- A job with a hard timeout is never extended past started_at + timeout_seconds.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from core import load_settings
 
@@ -12,12 +13,21 @@ from . import database, serve, worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure("info", json_lines=load_settings(os.environ).log_json)
+    try:
+        settings = load_settings(os.environ)
+    except ValueError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+    logs.configure("info", json_lines=settings.log_json)
     parser = argparse.ArgumentParser(prog="orchestrator", description="Job Orchestrator")
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(sub)
     database.add_parsers(sub)
     worker.add_parser(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except database.CannotStart as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
     return result

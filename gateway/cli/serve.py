@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import secrets
 import shutil
 import signal
-import sys
+import socket
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import db
 from core import load_settings
 
 from ..telemetry import logs
-from .database import open_database
+from .database import CannotStart, open_database, schema_problem
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,25 +29,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=serve)
 
 
-def _admin_token(data_dir: Path, configured: str | None) -> str:
+def _admin_token(data_dir: Path, configured: str | None) -> tuple[str, bool]:
+    """The admin token, and whether it was made just now."""
     if configured:
-        return configured
+        return configured, False
     path = data_dir / "admin_token"
     if path.exists():
-        return path.read_text().strip()
+        return path.read_text().strip(), False
     data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     path.touch(mode=0o600)
     path.write_text(token + "\n")
-    return token
+    return token, True
 
 
-async def _schema_problem(dsn: str) -> str | None:
-    conn = await db.connect(dsn)
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before saying anything is listening on it."""
     try:
-        return db.schema_status(await db.current_revision(conn))
-    finally:
-        await conn.close()
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise CannotStart(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another with --port"
+        ) from None
 
 
 class _Stopped(Exception):
@@ -67,14 +70,14 @@ def serve(args: argparse.Namespace) -> int:
     dsn, embedded = open_database(data_dir, settings.database_url)
     metrics_dir: str | None = None
     try:
-        problem = asyncio.run(_schema_problem(dsn))
+        problem = schema_problem(dsn)
         if problem is not None:
             if not (args.migrate or embedded is not None) or "newer" in problem:
-                print(f"orchestrator: refusing to start: {problem}", file=sys.stderr)
-                return 2
+                raise CannotStart(f"refusing to start: {problem}")
             db.upgrade(dsn)
             print("migrated the database to the current schema", flush=True)
-        token = _admin_token(data_dir, settings.admin_token)
+        _check_port(args.host, args.port)
+        token, generated = _admin_token(data_dir, settings.admin_token)
         # Worker processes build their settings from this environment.
         os.environ["DATABASE_URL"] = dsn
         os.environ["ORCH_ADMIN_TOKEN"] = token
@@ -83,8 +86,9 @@ def serve(args: argparse.Namespace) -> int:
             metrics_dir = tempfile.mkdtemp(prefix="orch-metrics-")
             os.environ["ORCH_METRICS_DIR"] = metrics_dir
         print(f"Job Orchestrator listening on http://{args.host}:{args.port} ({args.workers} process(es))", flush=True)
-        if settings.admin_token is None:
-            print(f"admin token: {token} (kept in {data_dir / 'admin_token'})", flush=True)
+        if generated:
+            # Shown once, when made; later starts read it from the file and say nothing of it.
+            print(f"admin token: {token} (generated; kept in {data_dir / 'admin_token'})", flush=True)
         # uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown; turn that into a normal exit
         # so the embedded database below is stopped rather than left running.
         for sig in (signal.SIGTERM, signal.SIGINT):

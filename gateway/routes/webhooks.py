@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import secrets
 from typing import Any
-from urllib.parse import urlsplit
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, JSONBody
+from yarl import URL
 
 import db
-from core import InvalidInput, NotFound
+from core import InvalidInput, MalformedInput, NotFound
 from core.states import EventType
 from core.wire import Webhook, WebhookCreate, WebhookList
 
@@ -41,26 +42,41 @@ def _webhook_out(w: db.WebhookRow, secret: str | None = None) -> Webhook:
     )
 
 
+_NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+
+
 def _host_port(url: str) -> tuple[str, int]:
-    """The (host, port) a URL names; InvalidInput for anything but an absolute http(s) URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    """The (host, port) a URL names; InvalidInput for anything but an absolute http(s) URL.
+    Parsed as the delivering client parses it, so the host checked is the host it connects to."""
+    try:
+        parts = URL(url)
+        scheme, host, port = parts.scheme.lower(), parts.raw_host, parts.port
+    except (ValueError, TypeError):
+        raise InvalidInput("url: not a valid URL", field="url") from None
     if scheme not in ("http", "https"):
         raise InvalidInput("url: only http and https URLs can receive webhooks", field="url")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        raise InvalidInput("url: the port is not a number from 0 to 65535", field="url") from None
     if not host:
         raise InvalidInput("url: names no host", field="url")
-    return host.lower().rstrip("."), port or (443 if scheme == "https" else 80)
+    host = host.lower().rstrip(".")
+    # A name whose last label is a number is an address in a legacy notation (127.1, 0x7f.1).
+    if not _is_ip(host) and (not webhook_publisher.is_host_name(host) or _NUMERIC_LABEL.match(host.rsplit(".", 1)[-1])):
+        raise InvalidInput("url: the host is neither a host name nor an IP address", field="url")
+    return host, port or (443 if scheme == "https" else 80)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.replace("%25", "%"))
+    except ValueError:
+        return False
+    return True
 
 
 def _is_local(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        ip = ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host.replace("%25", "%"))
     except ValueError:
         return False
     return ip.is_loopback or ip.is_unspecified
@@ -72,8 +88,10 @@ def _own_addresses(request: Request[Any, Any, Any], public_url: str | None) -> s
     scheme = request.url.scheme or "http"
     host_header = request.headers.get("host")
     if host_header:
-        with contextlib.suppress(InvalidInput):
+        try:
             own.add(_host_port(f"{scheme}://{host_header}"))
+        except InvalidInput:
+            raise MalformedInput("the Host header is not a host and port") from None
     server = request.scope.get("server")
     if server and server[1] is not None:
         own.add((str(server[0]).lower(), int(server[1])))
@@ -83,12 +101,19 @@ def _own_addresses(request: Request[Any, Any, Any], public_url: str | None) -> s
     return own
 
 
-def check_url(url: str, own: set[tuple[str, int]]) -> None:
-    """422 for a URL that is not http(s) or that points at this gateway."""
+async def check_url(url: str, own: set[tuple[str, int]], policy: webhook_publisher.DestinationPolicy) -> None:
+    """422 for a URL that is not http(s), points at this gateway, or leads only to addresses
+    webhooks may not reach (internal ones, unless the operator allows them)."""
     host, port = _host_port(url)
     for own_host, own_port in own:
         if port == own_port and (host == own_host or (_is_local(host) and _is_local(own_host))):
             raise InvalidInput("url: must not point at this gateway", field="url")
+    refusal = await webhook_publisher.registration_refusal(host, port, policy)
+    if refusal is not None:
+        raise InvalidInput(
+            f"url: {refusal}; webhooks may not reach internal addresses unless the operator allows them",
+            field="url",
+        )
 
 
 class WebhooksController(Controller):
@@ -105,7 +130,8 @@ class WebhooksController(Controller):
     )
     async def create(self, request: Request[Any, Any, Any], data: JSONBody[WebhookCreate]) -> Webhook:
         rt = runtime_of(request)
-        check_url(data.url, _own_addresses(request, rt.settings.public_url))
+        own = _own_addresses(request, rt.settings.public_url)
+        await check_url(data.url, own, webhook_publisher.destination_policy(rt.settings))
         secret = data.secret if data.secret is not None else "whsec_" + secrets.token_urlsafe(32)
         generated = None if data.secret is not None else secret
         types = list(dict.fromkeys(t.value for t in data.event_types))

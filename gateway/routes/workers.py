@@ -89,8 +89,14 @@ class WorkersController(Controller):
     )
     async def lease(self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest]) -> LeaseResponse:
         disconnected = watch_disconnect(request.receive) if data.wait_ms else None
+        leaser = request.app.state.leaser
         try:
-            jobs = await request.app.state.leaser.lease(principal_of(request).tenant_id, data, disconnected)
+            jobs = await leaser.lease(principal_of(request).tenant_id, data, disconnected)
+            if jobs and disconnected is not None and disconnected.done():
+                # Leased as the client went away: nobody will run these, so they go back now
+                # rather than when their lease expires.
+                await leaser.release(jobs)
+                jobs = []
         finally:
             cancel(disconnected)
         return LeaseResponse(jobs=jobs)

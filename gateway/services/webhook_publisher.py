@@ -2,22 +2,36 @@
 
 An endpoint is delivered by one process at a time, in order: the process holds a session-level
 advisory lock on it while it POSTs, re-reads the endpoint's cursor once the lock is held, and
-moves the cursor after each delivery.
+moves the cursor after each delivery. The lock is released when the delivery ends however it
+ends; a connection that cannot confirm the release is closed, which releases it on the server.
+
+Tenants choose the URLs, so deliveries never reach internal addresses (loopback, private,
+link-local, ...) unless the operator allows them: the address is checked after resolution, on
+the very socket that connects, so a name that resolves elsewhere at delivery time is refused too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
+import functools
+import ipaddress
 import logging
 import random
+import re
+import socket
+import ssl
 import time
 import weakref
+from collections.abc import Iterable
 
 import aiohttp
 import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 import db
+from core import Settings
 from core.signing import (
     WEBHOOK_EVENT_ID_HEADER,
     WEBHOOK_ID_HEADER,
@@ -40,6 +54,10 @@ BUSY_RETRY_SECONDS = 1.0
 MIN_ROUND_SECONDS = 0.02
 MAX_ERROR_CHARS = 500
 USER_AGENT = "job-orchestrator-webhooks/1"
+# A release of the endpoint lock that takes longer than this closes the connection instead.
+UNLOCK_TIMEOUT_SECONDS = 5.0
+# How long registration waits for a name to resolve before leaving the check to delivery.
+REGISTRATION_RESOLVE_SECONDS = 5.0
 
 _encode = msgspec.json.Encoder().encode
 
@@ -60,6 +78,213 @@ class Attempt(msgspec.Struct, frozen=True):
     error: str | None
 
 
+# --- where deliveries may go -----------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
+
+
+def is_host_name(host: str) -> bool:
+    """Whether `host` is spelled as a DNS name (ASCII labels: IDNA-encode first)."""
+    return bool(_HOST_NAME.match(host.lower().rstrip(".")))
+
+
+class RefusedDestination(OSError):
+    """The address is one webhooks may not reach."""
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), which is where it leads."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def address_class(ip: IPAddress) -> str | None:
+    """Why webhooks may not reach `ip` by default, in a word or two; None for a public address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return address_class(embedded)
+    checks: tuple[tuple[bool, str], ...] = (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL, "unique-local"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip in _SITE_LOCAL, "site-local"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+        (not ip.is_global, "not globally routable"),
+    )
+    return next((name for refused, name in checks if refused), None)
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return None
+
+
+class DestinationPolicy:
+    """Which addresses deliveries may connect to: public ones, and what the operator allows
+    (`ORCH_WEBHOOK_ALLOW_HOSTS`: host names, IP addresses, CIDR networks)."""
+
+    def __init__(self, allow: Iterable[str]) -> None:
+        names: set[str] = set()
+        networks: list[IPNetwork] = []
+        for raw in allow:
+            entry = raw.strip().lower()
+            ip = _parse_ip(entry)
+            if ip is not None:
+                networks.append(ipaddress.ip_network(ip))
+                continue
+            if "/" in entry:
+                try:
+                    networks.append(ipaddress.ip_network(entry, strict=False))
+                    continue
+                except ValueError:
+                    pass
+            elif is_host_name(entry):
+                names.add(entry.rstrip("."))
+                continue
+            # Fail closed: an entry that means nothing allows nothing.
+            log.warning("ORCH_WEBHOOK_ALLOW_HOSTS: ignoring %r, not a host name, IP address or CIDR network", raw)
+        self.names = frozenset(names)
+        self.networks = tuple(networks)
+
+    def allows_name(self, host: str) -> bool:
+        """Whether the operator allows this host name whatever it resolves to."""
+        return host.lower().rstrip(".") in self.names
+
+    def refusal(self, ip: IPAddress) -> str | None:
+        """Why deliveries may not connect to `ip` (its class of address), or None if they may."""
+        kind = address_class(ip)
+        if kind is None:
+            return None
+        # Allowing 127.0.0.1 allows ::ffff:127.0.0.1 too: both reach the same place.
+        same = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
+            same.append(embedded)
+        if any(a.version == n.version and a in n for a in same for n in self.networks):
+            return None
+        return kind
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(allow: tuple[str, ...]) -> DestinationPolicy:
+    return DestinationPolicy(allow)
+
+
+def destination_policy(settings: Settings) -> DestinationPolicy:
+    return _policy(settings.webhook_allow_hosts)
+
+
+async def registration_refusal(host: str, port: int, policy: DestinationPolicy) -> str | None:
+    """Why an endpoint on `host` cannot be registered, or None. A name that does not resolve (yet)
+    passes: where it leads is checked again at every delivery."""
+    if policy.allows_name(host):
+        return None
+    ip = _parse_ip(host)
+    if ip is not None:
+        kind = policy.refusal(ip)
+        return None if kind is None else f"{host} is a {kind} address"
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(REGISTRATION_RESOLVE_SECONDS):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    kinds = {policy.refusal(ip) if (ip := _parse_ip(str(info[4][0]))) else "unknown" for info in infos}
+    if not infos or None in kinds:
+        return None
+    return f"{host} resolves only to refused addresses ({', '.join(sorted(k for k in kinds if k))})"
+
+
+class _CheckedResolver(AbstractResolver):
+    """The system resolver, keeping only the addresses the policy allows: the connector connects
+    to what this returns, so the address checked is the address used."""
+
+    def __init__(self, policy: DestinationPolicy) -> None:
+        self._policy = policy
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        allowed = [r for r in found if (ip := _parse_ip(r["host"])) is not None and self._policy.refusal(ip) is None]
+        if not allowed:
+            raise RefusedDestination(f"{host} resolves only to refused addresses")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _checked_socket(policy: DestinationPolicy) -> aiohttp.SocketFactoryType:
+    """A socket factory refusing refused addresses: the last check, on the address about to be
+    connected (literal IPs never reach the resolver)."""
+
+    def create(addr_info: aiohttp.AddrInfoType) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        ip = _parse_ip(str(address[0]))
+        if ip is None or policy.refusal(ip) is not None:
+            raise RefusedDestination(errno.EACCES, "refused destination")
+        return socket.socket(family, type_, proto)
+
+    return create
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo += [e.__cause__, e.__context__]
+    return seen
+
+
+def failure_class(exc: BaseException) -> str:
+    """What went wrong with an attempt, in a few words of our own: the error's text can carry
+    what the remote side (or an internal one) said, and tenants read `last_error`."""
+    chain = _causes(exc)
+
+    def has(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(e, kinds) for e in chain)
+
+    if has(RefusedDestination):
+        return "refused destination"
+    if has(TimeoutError):
+        return "timeout"
+    if has(aiohttp.ClientConnectorDNSError, socket.gaierror):
+        return "DNS failure"
+    if has(aiohttp.ClientSSLError, ssl.SSLError):
+        return "TLS error"
+    if has(ConnectionRefusedError):
+        return "connection refused"
+    if has(aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, ConnectionResetError, BrokenPipeError):
+        return "connection closed"
+    if has(aiohttp.InvalidURL, ValueError):
+        return "invalid URL"
+    return "connection error"
+
+
 class WebhookPublisher:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
@@ -68,22 +293,36 @@ class WebhookPublisher:
         self._busy_until: dict[int, float] = {}  # endpoints another gateway is delivering
         self._active = True  # whether the last round saw an active endpoint
         self._recheck = withheld_recheck()
+        self._policy = destination_policy(rt.settings)
         self._session: aiohttp.ClientSession | None = None
+        # For hosts the operator allows by name, wherever they resolve; created if there are any.
+        self._trusted: aiohttp.ClientSession | None = None
 
     def kick(self) -> None:
         """Look for work now rather than at the next notification."""
         self._kick.set()
 
-    async def run(self) -> None:
-        """Deliver until cancelled."""
-        settings = self._rt.settings
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(1, settings.webhook_concurrency) * 2),
+    def _new_session(self, checked: bool) -> aiohttp.ClientSession:
+        limit = max(1, self._rt.settings.webhook_concurrency) * 2
+        connector = (
+            aiohttp.TCPConnector(
+                limit=limit, resolver=_CheckedResolver(self._policy), socket_factory=_checked_socket(self._policy)
+            )
+            if checked
+            else aiohttp.TCPConnector(limit=limit)
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
             # Receivers belong to different tenants: no cookies, no proxy settings from the environment.
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             headers={"User-Agent": USER_AGENT},
         )
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        self._session = self._new_session(checked=True)
+        self._trusted = self._new_session(checked=False) if self._policy.names else None
         _publishers[self._rt] = self
         try:
             await self._loop()
@@ -94,6 +333,8 @@ class WebhookPublisher:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._session.close()
+            if self._trusted is not None:
+                await self._trusted.close()
 
     async def _loop(self) -> None:
         waiters = self._rt.notifier.event_waiters
@@ -149,15 +390,16 @@ class WebhookPublisher:
         loop = asyncio.get_running_loop()
         try:
             async with self._rt.pool.acquire() as conn:
-                if not await db.webhook_try_lock(conn, webhook_id):
-                    self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
-                    return
+                locked: bool | None = None  # None: the attempt to lock was interrupted, it may hold
                 try:
+                    locked = await db.webhook_try_lock(conn, webhook_id)
+                    if not locked:
+                        self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
+                        return
                     await self._deliver_locked(conn, webhook_id)
                 finally:
-                    # Releasing the connection to the pool also drops its advisory locks.
-                    with contextlib.suppress(*DB_ERRORS):
-                        await db.webhook_unlock(conn, webhook_id)
+                    if locked is not False:
+                        await _unlock(conn, webhook_id)
         except DB_ERRORS as exc:
             log.warning("webhook %d: database unreachable: %r", webhook_id, exc)
             self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
@@ -216,6 +458,13 @@ class WebhookPublisher:
     async def _post(self, hook: db.WebhookRow, event: Event) -> Attempt:
         if self._session is None:
             raise RuntimeError("the webhook publisher is not running")
+        try:
+            # Parsed as the client parses it, so the host judged is the host connected to.
+            url = URL(hook.url)
+        except ValueError:
+            return Attempt(False, None, "invalid URL")
+        trusted = self._trusted is not None and url.host is not None and self._policy.allows_name(url.host)
+        session = self._trusted if trusted and self._trusted is not None else self._session
         timeout = self._rt.settings.webhook_timeout_seconds
         body = _encode(event)
         timestamp = str(int(time.time()))
@@ -228,8 +477,8 @@ class WebhookPublisher:
         }
         t0 = time.perf_counter()
         try:
-            async with self._session.post(
-                hook.url,
+            async with session.post(
+                url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
@@ -237,14 +486,26 @@ class WebhookPublisher:
             ) as resp:
                 if 200 <= resp.status < 300:
                     return Attempt(True, resp.status, None)
-                text = (await resp.content.read(200)).decode("utf-8", "replace").strip()
-                return Attempt(False, resp.status, f"HTTP {resp.status}" + (f": {text}" if text else ""))
-        except TimeoutError:
-            return Attempt(False, None, f"no answer within {timeout:g} s")
+                # The body is not read: whatever the receiver says stays with it.
+                return Attempt(False, resp.status, f"HTTP {resp.status}")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return Attempt(False, None, f"{type(exc).__name__}: {exc}")
+            # TimeoutError is an OSError.
+            return Attempt(False, None, failure_class(exc))
         finally:
             self._rt.metrics.webhook_duration.record(time.perf_counter() - t0)
+
+
+async def _unlock(conn: db.Conn, webhook_id: int) -> None:
+    """Release the endpoint's session lock. A connection that cannot confirm the release is closed,
+    which ends its session and the lock with it: it must never go back to the pool holding it."""
+    try:
+        async with asyncio.timeout(UNLOCK_TIMEOUT_SECONDS):
+            await db.webhook_unlock(conn, webhook_id)
+    except BaseException as exc:
+        conn.terminate()
+        if not isinstance(exc, Exception):
+            raise
+        log.warning("webhook %d: closed the connection that held its lock: %r", webhook_id, exc)
 
 
 async def run_webhook_publisher(rt: Runtime) -> None:

@@ -130,6 +130,7 @@ class Metrics:
         self.jobs_replayed = Tally(m, "orch_jobs_replayed", "Dead or cancelled jobs replayed")
         self.jobs_reaped = Tally(m, "orch_jobs_reaped", "Expired leases recovered")
         self.jobs_promoted = Tally(m, "orch_jobs_promoted", "Scheduled jobs made ready")
+        self.jobs_released = Tally(m, "orch_jobs_released", "Leased jobs given back because their client went away")
         self.schedule_fires = Tally(m, "orch_schedule_fires", "Jobs created by cron schedules")
         self.lease_requests = Tally(m, "orch_lease_requests", "Lease requests by outcome")
         self.auth_failures = Tally(m, "orch_auth_failures", "Refused credentials by reason")
@@ -193,8 +194,13 @@ class Metrics:
 
     def _db_gauges(self, m: Meter) -> None:
         def jobs(_o: CallbackOptions) -> Iterable[Observation]:
+            # Without the tenant label several tenants' rows share a label set: add them up.
+            counts: dict[LabelKey, int] = {}
             for row in self._stats.jobs if self._stats else ():
-                yield Observation(row.count, {**self.labels(row.tenant_id, row.queue), "state": row.state})
+                key = tuple(sorted({**self.labels(row.tenant_id, row.queue), "state": row.state}.items()))
+                counts[key] = counts.get(key, 0) + row.count
+            for key, count in counts.items():
+                yield Observation(count, dict(key))
 
         def oldest(_o: CallbackOptions) -> Iterable[Observation]:
             ages: dict[str, float] = {}
