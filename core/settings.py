@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from .logfmt import LogFormat
+
 PREFIX = "ORCH_"
 
 
@@ -52,7 +54,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     metrics_dir: str | None = None
     # When set, /metrics answers only requests bearing it (Prometheus: `authorization: credentials`).
     metrics_token: str | None = None
-    log_json: bool = True
+    log_format: LogFormat | None = None  # None: json unless stdout is a terminal
+    access_log: bool = True
     traces: str | None = None  # a span exporter: console, or otlp
 
 
@@ -74,6 +77,17 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def _log_format(env: Mapping[str, str]) -> LogFormat | None:
+    raw = env.get(PREFIX + "LOG_FORMAT", "").strip().lower()
+    if raw == "json":
+        return "json"
+    if raw == "text":
+        return "text"
+    if raw:
+        raise ValueError(f"{PREFIX}LOG_FORMAT must be json or text, got {raw!r}")
+    return None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -116,6 +130,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         stats_interval_seconds=_float(env, "STATS_INTERVAL_SECONDS", d.stats_interval_seconds),
         metrics_dir=env.get(PREFIX + "METRICS_DIR") or None,
         metrics_token=env.get(PREFIX + "METRICS_TOKEN") or None,
-        log_json=env.get(PREFIX + "LOG_FORMAT", "json").lower() != "text",
+        log_format=_log_format(env),
+        access_log=_flag(env, "ACCESS_LOG"),
         traces=env.get(PREFIX + "TRACES") or None,
     )

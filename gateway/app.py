@@ -73,8 +73,7 @@ def _timing(app: ASGIApp) -> ASGIApp:
         status = 500
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"").decode("latin-1")
         rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
-        logs.request_id.set(rid)
-        logs.tenant_id.set(None)
+        logs.request_started(rid)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -93,9 +92,12 @@ def _timing(app: ASGIApp) -> ASGIApp:
                     await app(scope, receive, send_wrapper)
         finally:
             if rt is not None:
+                took = time.perf_counter() - t0
                 route = scope.get("path_template") or "unmatched"
-                labels = {"method": scope.get("method", ""), "route": route, "status": str(status)}
-                rt.metrics.http_duration.record(time.perf_counter() - t0, labels)
+                method = scope.get("method", "")
+                rt.metrics.http_duration.record(took, {"method": method, "route": route, "status": str(status)})
+                if rt.settings.access_log:
+                    logs.log_request(method, route, status, took)
 
     return timed
 
@@ -140,5 +142,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Multi-tenant job orchestrator on PostgreSQL: signed workers, fenced leases, ordered events.",
         ),
         middleware=[_timing],
+        # The process's logging is set up once, by `serve` (or whoever runs the app), not by Litestar.
+        logging_config=None,
         debug=False,
     )

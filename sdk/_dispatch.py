@@ -95,8 +95,13 @@ class Dispatcher:
         asynchronous = self._is_async(handler)
         # A cancellation request can stop a coroutine; a thread cannot be stopped and runs on.
         state.interruptible = asynchronous
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("worker %s: job %s: started (attempt %d)", self._name, job.id, job.attempts, extra=self._ids(job))
         try:
-            return await run_job(handler, job, self._executor, asynchronous=asynchronous)
+            outcome = await run_job(handler, job, self._executor, asynchronous=asynchronous)
+            self._log(job, outcome, debug)
+            return outcome
         except asyncio.CancelledError:
             if state.interrupted_by is not None:
                 # Our own cancel: take it back; if anything else is left, the runner is being cancelled.
@@ -106,3 +111,40 @@ class Dispatcher:
             if state.task.cancelling():
                 raise  # the runner itself is being cancelled: abandon the job
             return interrupted("unexpected")
+
+    def _log(self, job: LeasedJob, outcome: Outcome, debug: bool) -> None:
+        ids = self._ids(job)
+        if outcome.status == "completed":
+            if debug:
+                log.debug("worker %s: job %s: succeeded", self._name, job.id, extra=ids)
+            return
+        last = outcome.status == "cancelled" or (outcome.status == "failed" and job.attempts >= job.max_attempts)
+        exc = outcome.exception
+        exc_info = (type(exc), exc, exc.__traceback__) if outcome.status == "failed" and exc is not None else None
+        if last:
+            log.error(
+                "worker %s: job %s: %s on attempt %d of %d; it ends %s",
+                self._name,
+                job.id,
+                outcome.status,
+                job.attempts,
+                job.max_attempts,
+                "cancelled" if outcome.status == "cancelled" else "dead",
+                extra=ids,
+                exc_info=exc_info,
+            )
+        elif outcome.status == "failed":
+            log.warning(
+                "worker %s: job %s: failed on attempt %d of %d; it will be retried",
+                self._name,
+                job.id,
+                job.attempts,
+                job.max_attempts,
+                extra=ids,
+                exc_info=exc_info,
+            )
+        elif debug:
+            log.debug("worker %s: job %s: %s", self._name, job.id, outcome.status, extra=ids)
+
+    def _ids(self, job: LeasedJob) -> dict[str, str]:
+        return {"job_id": job.id, "tenant_id": job.tenant_id, "worker_id": self._name}

@@ -14,12 +14,15 @@ import argparse
 import asyncio
 import importlib
 import logging
+import logging.config
 import os
 import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from core import logfmt
 
 from ._dispatch import DEFAULT_KIND
 from ._errors import Forbidden, SdkError, Unauthorized
@@ -108,6 +111,11 @@ def parser() -> argparse.ArgumentParser:
         help="seconds running jobs get to finish after SIGTERM (default 30)",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="json (one object per line) or text; default ORCH_LOG_FORMAT, else json unless stdout is a terminal",
+    )
     return p
 
 
@@ -164,8 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(level, int):
         print(f"orchestrator worker: unknown log level {args.log_level!r}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("orchestrator.sdk").setLevel(level)  # also when `orchestrator` configured logging first
+    fmt = args.log_format or os.environ.get("ORCH_LOG_FORMAT", "").strip().lower() or logfmt.default_format()
+    if fmt not in ("json", "text"):
+        print(f"orchestrator worker: ORCH_LOG_FORMAT must be json or text, got {fmt!r}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.config.dictConfig(logfmt.dict_config(args.log_level, "json" if fmt == "json" else "text"))
     err = sys.stderr
     if not args.url:
         print("orchestrator worker: no gateway URL: pass --url or set ORCH_URL", file=err)

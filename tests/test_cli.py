@@ -38,9 +38,49 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 def test_serve_refuses_a_database_without_the_schema(empty_database: str) -> None:
     env = {**os.environ, "DATABASE_URL": empty_database, "ORCH_ADMIN_TOKEN": ADMIN_TOKEN}
-    out = _cli("serve", "--port", str(free_port()), env=env)
-    assert out.returncode == 2
-    assert "orchestrator migrate" in out.stderr
+    line = _refusal(_cli("serve", "--port", str(free_port()), env=env))
+    assert "no orchestrator schema" in line and "orchestrator migrate" in line, line
+
+
+def _refusal(out: subprocess.CompletedProcess[str]) -> str:
+    """serve's one-line refusal, after checking it exited with 2 and started nothing."""
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "listening" not in out.stdout, out.stdout
+    return lines[0]
+
+
+def test_serve_refuses_an_older_schema_unless_asked_to_migrate(empty_database: str) -> None:
+    db.upgrade(empty_database, "0006")
+    env = {**os.environ, "DATABASE_URL": empty_database, "ORCH_ADMIN_TOKEN": ADMIN_TOKEN}
+    line = _refusal(_cli("serve", "--port", str(free_port()), env=env))
+    assert line.startswith("orchestrator: refusing to start:"), line
+    assert "(0006) is older than head" in line and "orchestrator migrate" in line, line
+    # refusing changed nothing
+    assert asyncio.run(fetchval(empty_database, "SELECT version_num FROM alembic_version")) == "0006"
+
+
+async def test_serve_with_migrate_upgrades_an_older_schema(empty_database: str) -> None:
+    await asyncio.to_thread(db.upgrade, empty_database, "0006")
+    gw = GatewayProcess(empty_database, ADMIN_TOKEN, extra_args=["--migrate"])
+    try:
+        await gw.wait_ready()
+    finally:
+        output = gw.stop()
+    assert "migrated the database to the current schema" in output
+    assert await fetchval(empty_database, "SELECT version_num FROM alembic_version") == db.head_revision()
+
+
+def test_serve_refuses_a_newer_schema_even_with_migrate(empty_database: str) -> None:
+    db.upgrade(empty_database)
+    asyncio.run(fetchval(empty_database, "UPDATE alembic_version SET version_num = '9999' RETURNING 1"))
+    env = {**os.environ, "DATABASE_URL": empty_database, "ORCH_ADMIN_TOKEN": ADMIN_TOKEN}
+    for extra in ([], ["--migrate"]):
+        line = _refusal(_cli("serve", "--port", str(free_port()), *extra, env=env))
+        assert line.startswith("orchestrator: refusing to start:"), line
+        assert "(9999) is newer than this orchestrator knows" in line, line
+    assert asyncio.run(fetchval(empty_database, "SELECT version_num FROM alembic_version")) == "9999"
 
 
 async def test_migrate_then_serve(empty_database: str) -> None:

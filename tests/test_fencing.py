@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
-from .support import Api, fetch, fetchval
+from core import Settings
+
+from .conftest import ADMIN_TOKEN
+from .support import Api, InProcessGateway, fetch, fetchval, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,16 +99,76 @@ async def test_repeated_fail_is_idempotent(api: Api, database_url: str) -> None:
     assert types == ["job.created", "job.started", "job.retry_scheduled"]
 
 
-async def test_heartbeat_extends_the_lease(api: Api) -> None:
+async def _beat(api: Api, database_url: str, key: str, job: dict[str, Any], **fields: object) -> tuple[float, float]:
+    """Heartbeat `job`; returns how far past the database clock the new expiry lies, as a range
+    (the clock read just before and just after the request)."""
+    before = await fetchval(database_url, "SELECT now()")
+    r = await api.signed(key, "POST", f"/v1/jobs/{job['id']}/heartbeat", {"lease_token": job["lease_token"], **fields})
+    after = await fetchval(database_url, "SELECT now()")
+    assert r.status == 200, r.body
+    assert r.body["cancel_requested"] is False
+    expires = datetime.fromisoformat(r.body["lease_expires_at"])
+    assert expires == (await _job_row(database_url, job["id"]))["lease_expires_at"]
+    return (expires - after).total_seconds(), (expires - before).total_seconds()
+
+
+def _within(extension: tuple[float, float], seconds: float) -> bool:
+    low, high = extension
+    return low <= seconds <= high
+
+
+async def test_heartbeat_extends_the_lease_by_what_it_asks_30_s_by_default(api: Api, database_url: str) -> None:
     key = await api.tenant("tenant-a")
     await api.signed(key, "POST", "/v1/jobs", {"payload": {}})
     job = await _lease(api, key, lease_seconds=5)
+    # the documented default extension is 30 s
+    extension = await _beat(api, database_url, key, job)
+    assert _within(extension, 30), extension
+    extension = await _beat(api, database_url, key, job, extend_seconds=600)
+    assert _within(extension, 600), extension
+    extension = await _beat(api, database_url, key, job, extend_seconds=3600)
+    assert _within(extension, 3600), extension
     r = await api.signed(
-        key, "POST", f"/v1/jobs/{job['id']}/heartbeat", {"lease_token": job["lease_token"], "extend_seconds": 600}
+        key, "POST", f"/v1/jobs/{job['id']}/heartbeat", {"lease_token": job["lease_token"], "extend_seconds": 3601}
     )
-    assert r.status == 200, r.body
-    assert r.body["cancel_requested"] is False
-    assert r.body["lease_expires_at"] > str(job["lease_expires_at"])
+    assert (r.status, r.body["field"]) == (422, "extend_seconds"), r.body
+
+
+async def test_heartbeat_and_lease_stop_at_the_deployments_max_lease_seconds(
+    settings: Settings, database_url: str
+) -> None:
+    capped = msgspec.structs.replace(settings, max_lease_seconds=120)
+    async with running(InProcessGateway(capped)) as gw:
+        api = Api(gw.url, ADMIN_TOKEN)
+        try:
+            key = await api.tenant("tenant-a")
+            await api.signed(key, "POST", "/v1/jobs", {"payload": {}})
+            before = await fetchval(database_url, "SELECT now()")
+            job = await _lease(api, key, lease_seconds=600)
+            after = await fetchval(database_url, "SELECT now()")
+            expires = (await _job_row(database_url, job["id"]))["lease_expires_at"]
+            assert isinstance(expires, datetime)
+            assert before + timedelta(seconds=120) <= expires <= after + timedelta(seconds=120), (before, expires)
+            extension = await _beat(api, database_url, key, job, extend_seconds=600)
+            assert _within(extension, 120), extension
+            extension = await _beat(api, database_url, key, job, extend_seconds=60)
+            assert _within(extension, 60), extension
+        finally:
+            await api.close()
+
+
+async def test_heartbeat_never_extends_past_the_jobs_timeout(api: Api, database_url: str) -> None:
+    key = await api.tenant("tenant-a")
+    await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "timeout_seconds": 45})
+    job = await _lease(api, key, lease_seconds=5)
+    # within the limit, the heartbeat extends as asked
+    extension = await _beat(api, database_url, key, job, extend_seconds=10)
+    assert _within(extension, 10), extension
+    await _beat(api, database_url, key, job, extend_seconds=600)
+    row = await _job_row(database_url, job["id"])
+    started_at, expires = row["started_at"], row["lease_expires_at"]
+    assert isinstance(started_at, datetime) and isinstance(expires, datetime)
+    assert expires == started_at + timedelta(seconds=45)
 
 
 async def test_fail_paths_retry_then_dead(api: Api, database_url: str) -> None:

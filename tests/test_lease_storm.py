@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
 from .conftest import ADMIN_TOKEN
-from .support import Api, GatewayProcess, fetch
+from .support import Api, GatewayProcess, fetch, submit_until_every_process_served, worker_pids
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -79,23 +81,20 @@ async def test_lease_storm_across_two_gateway_processes(database_url: str) -> No
             g.stop()
 
 
-async def test_serve_with_several_processes_shares_one_port(database_url: str) -> None:
-    gw = GatewayProcess(database_url, ADMIN_TOKEN, workers=2)
+async def test_serve_with_several_processes_shares_one_port(database_url: str, tmp_path: Path) -> None:
+    gw = GatewayProcess(database_url, ADMIN_TOKEN, workers=2, env={**os.environ, "ORCH_METRICS_DIR": str(tmp_path)})
     try:
         await gw.wait_ready()
-        import psutil
-
-        children = psutil.Process(gw.proc.pid).children(recursive=True)
-        assert len([c for c in children if "multiprocessing" in " ".join(c.cmdline())]) >= 2, children
+        pids = worker_pids(gw)
+        assert len(pids) == 2, pids
         client = Api(gw.url, ADMIN_TOKEN)
         try:
             key = await client.tenant("tenant-a")
-            ids = set()
-            for _ in range(20):
-                r = await client.signed(key, "POST", "/v1/jobs", {"payload": {}})
-                assert r.status == 201
-                ids.add(r.body["id"])
-            assert len(ids) == 20
+            # each process counts what it served in its own metrics snapshot, named by its pid
+            submitted, per_process = await submit_until_every_process_served(gw, key, tmp_path)
+            assert set(per_process) == pids, (per_process, pids)
+            ids = {j["id"] for j in (await client.signed(key, "GET", "/v1/jobs?limit=1000")).body["jobs"]}
+            assert len(ids) == submitted
         finally:
             await client.close()
     finally:

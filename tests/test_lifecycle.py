@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -18,7 +19,7 @@ import pytest
 
 from core import Settings, backoff_ceiling_ms
 
-from .support import Api, InProcessGateway, eventually, fetch, running
+from .support import Api, InProcessGateway, eventually, fetch, fetchval, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -131,12 +132,14 @@ async def test_always_failing_jobs_back_off_exponentially_into_dead_then_replay(
             assert len(dead) == jobs_n
             assert all(j["attempts"] == attempts and j["last_error"] == f"boom {attempts}" for j in dead)
 
-            # Delay before attempt k+1 = next start - the retry's scheduling; full jitter over [0, ceiling(k)].
+            # The delay before attempt k+1 is the retry's run_at less the moment it was scheduled:
+            # full jitter over [0, ceiling(k)]. The next attempt starts at run_at or later, never before.
             rows = await fetch(database_url, "SELECT job_id, type, at, data FROM events ORDER BY id")
             by_job: dict[int, list[Any]] = defaultdict(list)
             for r in rows:
                 by_job[r["job_id"]].append(r)
             delays: dict[int, list[float]] = defaultdict(list)
+            lateness: list[float] = []
             for events in by_job.values():
                 types = [e["type"] for e in events]
                 assert types == ["job.created"] + ["job.started", "job.retry_scheduled"] * (attempts - 1) + [
@@ -145,18 +148,20 @@ async def test_always_failing_jobs_back_off_exponentially_into_dead_then_replay(
                 ]
                 for i, e in enumerate(events):
                     if e["type"] == "job.retry_scheduled":
-                        ms = (events[i + 1]["at"] - e["at"]).total_seconds() * 1000
-                        delays[e["data"]["attempt"]].append(ms)
+                        run_at = datetime.fromisoformat(e["data"]["run_at"])
+                        delays[e["data"]["attempt"]].append((run_at - e["at"]).total_seconds() * 1000)
+                        lateness.append((events[i + 1]["at"] - run_at).total_seconds() * 1000)
             means = {}
             for attempt, ds in sorted(delays.items()):
                 ceiling = backoff_ceiling_ms(attempt, 200, 5_000)
-                # never early; late by at most the promotion timer and a lease round trip
-                assert min(ds) >= 0 and max(ds) <= ceiling + 250, (attempt, ceiling, max(ds))
+                assert min(ds) >= 0 and max(ds) <= ceiling, (attempt, ceiling, min(ds), max(ds))
                 means[attempt] = statistics.mean(ds)
                 print(
                     f"attempt {attempt}: ceiling {ceiling} ms, mean delay {means[attempt]:.0f} ms, max {max(ds):.0f} ms"
                 )
             assert means[1] < means[2] < means[3], means
+            print(f"started after run_at by {min(lateness):.1f} to {max(lateness):.1f} ms")
+            assert min(lateness) >= 0, "a retry started before its run_at"
 
             # replay one, then the rest of the dead-letter queue at once
             one = dead[0]["id"]
@@ -212,6 +217,73 @@ async def test_retry_policy_per_tenant_queue_and_job(api: Api, database_url: str
     assert (r.status, r.body["field"]) == (422, "max_attempts")
 
 
+async def _dead_jobs(api: Api, key: str, queue: str, n: int) -> list[str]:
+    """Submit `n` jobs that may run once, lease them and fail them all: `n` dead jobs, oldest first."""
+    jobs = [{"payload": {"n": i}, "queue": queue, "max_attempts": 1} for i in range(n)]
+    ids = [j["id"] for j in (await api.signed(key, "POST", "/v1/jobs/batch", {"jobs": jobs})).body["jobs"]]
+    while leased := await _lease(api, key, queues=[queue], max_jobs=100):
+        fails = [{"id": j["id"], "lease_token": j["lease_token"], "error": "boom"} for j in leased]
+        r = await api.signed(key, "POST", "/v1/workers/ack", {"fail": fails})
+        assert [x["state"] for x in r.body["results"]] == ["dead"] * len(leased), r.body
+    return ids
+
+
+async def _states(database_url: str, ids: list[str]) -> list[str]:
+    rows = await fetch(
+        database_url, "SELECT state::text AS s FROM jobs WHERE id = ANY($1) ORDER BY id", [int(i) for i in ids]
+    )
+    return [r["s"] for r in rows]
+
+
+async def test_operator_replay_by_queue_by_ids_and_with_a_limit(api: Api, database_url: str) -> None:
+    key = await api.tenant("tenant-a")
+    other = await api.tenant("tenant-b")
+    emails = await _dead_jobs(api, key, "emails", 3)
+    reports = await _dead_jobs(api, key, "reports", 4)
+    theirs = await _dead_jobs(api, other, "emails", 2)
+    alive = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "queue": "later", "delay_ms": 600_000})).body
+
+    # a queue: only that queue's dead jobs, only this tenant's
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "queue": "emails"})
+    assert (r.status, r.body) == (200, {"replayed": 3})
+    assert await _states(database_url, emails) == ["ready"] * 3
+    assert await _states(database_url, reports + theirs) == ["dead"] * 6
+    for job_id in emails:
+        assert (await _event_types(database_url, job_id))[-1] == "job.replayed"
+        job = (await api.signed(key, "GET", f"/v1/jobs/{job_id}")).body
+        assert (job["attempts"], job["finished_at"]) == (0, None)
+
+    # ids: the named dead jobs of the tenant; another tenant's, a ready one and one not dead are left
+    named = [reports[1], reports[3], theirs[0], emails[0], alive["id"]]
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "ids": named})
+    assert (r.status, r.body) == (200, {"replayed": 2})
+    assert await _states(database_url, reports) == ["dead", "ready", "dead", "ready"]
+    assert await _states(database_url, [*theirs, alive["id"]]) == ["dead", "dead", "scheduled"]
+
+    # a limit: the oldest dead jobs first, no more than asked
+    more = await _dead_jobs(api, key, "digests", 3)
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "limit": 3})
+    assert (r.status, r.body) == (200, {"replayed": 3})
+    assert await _states(database_url, reports + more) == ["ready"] * 4 + ["ready", "dead", "dead"]
+    assert await _states(database_url, theirs) == ["dead", "dead"]
+    # nothing left to replay in a queue: zero, not an error
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "queue": "emails"})
+    assert (r.status, r.body) == (200, {"replayed": 0})
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "limit": 0})
+    assert (r.status, r.body["field"]) == (422, "limit")
+
+
+async def test_operator_replay_pages_through_a_large_dead_letter_queue(api: Api, database_url: str) -> None:
+    key = await api.tenant("tenant-a")
+    ids = await _dead_jobs(api, key, "bulk", 520)
+    # more than one page (500 per transaction), and a limit that ends inside the second
+    r = await api.admin("POST", "/v1/admin/replay", {"tenant_id": "tenant-a", "limit": 510})
+    assert (r.status, r.body) == (200, {"replayed": 510})
+    assert await _states(database_url, ids) == ["ready"] * 510 + ["dead"] * 10
+    replayed = await fetchval(database_url, "SELECT count(*) FROM events WHERE type = 'job.replayed'")
+    assert replayed == 510
+
+
 def _ts(value: str) -> float:
     from datetime import datetime
 
@@ -238,11 +310,15 @@ async def test_fifty_simultaneous_identical_submits_make_one_job(api: Api, datab
 # --- delayed jobs ------------------------------------------------------------------------
 
 
-async def test_delayed_jobs_start_on_time(api: Api, database_url: str) -> None:
+async def test_delayed_jobs_start_on_time(api: Api, gateway: InProcessGateway, database_url: str) -> None:
     key = await api.tenant("tenant-a")
     delays = [200, 350, 500, 800, 1100, 1500, 2000]
     parked = [asyncio.create_task(_lease(api, key, wait_ms=10_000)) for _ in delays]
-    await asyncio.sleep(0.1)
+
+    async def all_parked() -> bool:
+        return len(gateway.runtime.notifier.lease_waiters) == len(delays)
+
+    await eventually(all_parked, timeout=5)
     for d in delays:
         await api.signed(key, "POST", "/v1/jobs", {"payload": {"delay": d}, "delay_ms": d})
     got = await asyncio.wait_for(asyncio.gather(*parked), 15)
@@ -253,7 +329,8 @@ async def test_delayed_jobs_start_on_time(api: Api, database_url: str) -> None:
     lateness = [float(r["late_ms"]) for r in rows]
     print("lateness ms:", ", ".join(f"{x:.1f}" for x in lateness))
     assert min(lateness) >= 0, "started before its time"
-    assert max(lateness) <= 100, lateness
+    # a parked worker is woken by the promotion timer, not by a poll: late by a round trip at most
+    assert max(lateness) <= 250, lateness
 
 
 # --- a worker killed mid-job ---------------------------------------------------------------

@@ -12,8 +12,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.services import scheduler
+
 from .conftest import ADMIN_TOKEN
-from .support import Api, GatewayProcess, eventually, fetch, fetchval
+from .support import Api, GatewayProcess, InProcessGateway, eventually, fetch, fetchval
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -213,11 +215,25 @@ async def test_a_fire_creates_the_job_the_schedule_describes(api: Api, database_
     assert counted == len(fires)
 
 
+async def start_witness(api: Api) -> None:
+    """An every-second schedule of a tenant of its own, to see the firing loop at work."""
+    key = await api.tenant("witness")
+    assert (await api.signed(key, "POST", "/v1/schedules", {"name": "tick", "cron": EVERY_SECOND})).status == 201
+
+
+async def two_more_seconds_fired(database_url: str) -> None:
+    """Wait until the witness has fired twice more: the firing loop has since handled two due
+    seconds, at each of which any other every-second schedule was due as well."""
+    start = await count_fires(database_url, "witness", "tick")
+    await eventually(lambda: _more(database_url, start + 1, "witness"), timeout=10)
+
+
 async def test_pause_stops_firing_and_resume_restarts_it(api: Api, database_url: str) -> None:
     key = await api.tenant("tenant-a")
+    await start_witness(api)
     r = await api.signed(key, "POST", "/v1/schedules", {"name": "tick", "cron": EVERY_SECOND, "paused": True})
     assert r.status == 201
-    await asyncio.sleep(2.2)
+    await two_more_seconds_fired(database_url)
     assert await count_fires(database_url, "tenant-a", "tick") == 0
 
     r = await api.signed(key, "PATCH", "/v1/schedules/tick", {"paused": False})
@@ -228,7 +244,7 @@ async def test_pause_stops_firing_and_resume_restarts_it(api: Api, database_url:
     assert (r.status, r.body["paused"]) == (200, True)
     paused_at = await fetchval(database_url, "SELECT now()")
     stopped = await count_fires(database_url, "tenant-a", "tick")
-    await asyncio.sleep(2.2)
+    await two_more_seconds_fired(database_url)
     assert await count_fires(database_url, "tenant-a", "tick") == stopped
 
     r = await api.signed(key, "PATCH", "/v1/schedules/tick", {"paused": False})
@@ -241,20 +257,22 @@ async def test_pause_stops_firing_and_resume_restarts_it(api: Api, database_url:
     assert all(f > paused_at and f >= resumed_at - timedelta(seconds=1) for f in after), (paused_at, resumed_at, after)
 
 
-async def _more(database_url: str, than: int) -> bool:
-    return await count_fires(database_url, "tenant-a", "tick") > than
+async def _more(database_url: str, than: int, tenant: str = "tenant-a") -> bool:
+    return await count_fires(database_url, tenant, "tick") > than
 
 
 async def test_a_disabled_tenants_schedules_do_not_fire(api: Api, database_url: str) -> None:
     key = await api.tenant("tenant-a")
+    await start_witness(api)
     assert (await api.signed(key, "POST", "/v1/schedules", {"name": "tick", "cron": EVERY_SECOND})).status == 201
     assert (await api.admin("PATCH", "/v1/admin/tenants/tenant-a", {"disabled": True})).status == 200
     before = await count_fires(database_url, "tenant-a", "tick")
-    first_next = await fetchval(database_url, "SELECT next_fire_at FROM schedules")
-    await asyncio.sleep(2.2)
+    next_fire = "SELECT next_fire_at FROM schedules WHERE tenant_id = 'tenant-a'"
+    first_next = await fetchval(database_url, next_fire)
+    await two_more_seconds_fired(database_url)
     assert await count_fires(database_url, "tenant-a", "tick") == before
     # ...while the schedule still moves on, rather than staying due and spinning the loop.
-    assert await fetchval(database_url, "SELECT next_fire_at FROM schedules") > first_next
+    assert await fetchval(database_url, next_fire) > first_next
 
 
 async def test_catch_up_fires_only_the_most_recent_missed_time(api: Api, database_url: str) -> None:
@@ -326,25 +344,32 @@ async def test_the_fire_record_not_the_lock_decides(database_url: str) -> None:
     assert await fetchval(database_url, "SELECT count(*) FROM schedule_fires WHERE job_id IS NOT NULL") == 1
 
 
-async def test_old_fire_records_are_pruned(api: Api, database_url: str) -> None:
-    import db
-
+async def test_old_fire_records_are_pruned(api: Api, gateway: InProcessGateway, database_url: str) -> None:
     key = await api.tenant("tenant-a")
     r = await api.signed(key, "POST", "/v1/schedules", {"name": "s", "cron": "0 0 1 1 *", "paused": True})
     assert r.status == 201
+    keep = scheduler.KEEP_FIRES_SECONDS
+    old = scheduler.PRUNE_BATCH + 5  # more than one batch of them
     await fetch(
         database_url,
         "INSERT INTO schedule_fires (schedule_id, fire_at)"
-        " SELECT id, now() - d * interval '1 day' FROM schedules, generate_series(1, 10) d",
+        " SELECT id, now() - make_interval(secs => $1 + 3600 + g) FROM schedules, generate_series(1, $2) g",
+        keep,
+        old,
     )
-    conn = await db.connect(database_url)
-    try:
-        assert await db.schedule_fire_prune(conn, older_than_seconds=7 * 86_400 + 60, limit=2) == 2
-        assert await db.schedule_fire_prune(conn, older_than_seconds=7 * 86_400 + 60, limit=2) == 1
-        assert await db.schedule_fire_prune(conn, older_than_seconds=7 * 86_400 + 60, limit=2) == 0
-    finally:
-        await conn.close()
-    assert await fetchval(database_url, "SELECT count(*) FROM schedule_fires") == 7
+    # an hour short of the retention, and younger
+    await fetch(
+        database_url,
+        "INSERT INTO schedule_fires (schedule_id, fire_at)"
+        " SELECT id, now() - make_interval(secs => $1 - 3600 - g) FROM schedules, generate_series(1, 5) g"
+        " UNION ALL SELECT id, now() - d * interval '1 day' FROM schedules, generate_series(1, 6) d",
+        keep,
+    )
+    assert await scheduler.prune_fires(gateway.runtime) == old
+    assert await scheduler.prune_fires(gateway.runtime) == 0
+    assert await fetchval(database_url, "SELECT count(*) FROM schedule_fires") == 11
+    oldest = await fetchval(database_url, "SELECT extract(epoch FROM now() - min(fire_at)) FROM schedule_fires")
+    assert keep - 3600 - 6 < float(oldest) < keep
 
 
 @pytest.mark.slow
@@ -358,8 +383,7 @@ async def test_each_due_time_fires_exactly_once_across_three_gateway_processes(d
         key = await clients[0].tenant("tenant-a")
         r = await clients[1].signed(key, "POST", "/v1/schedules", {"name": "tick", "cron": EVERY_SECOND})
         assert r.status == 201, r.body
-        await eventually(lambda: count_fires(database_url, "tenant-a", "tick"), timeout=10)
-        await asyncio.sleep(5.5)
+        await eventually(lambda: _more(database_url, 5), timeout=20)
         r = await clients[2].signed(key, "PATCH", "/v1/schedules/tick", {"paused": True})
         assert r.status == 200
 

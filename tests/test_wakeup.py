@@ -10,7 +10,7 @@ import pytest
 from core import Settings
 from notifier import LeaseWaiters
 
-from .support import Api, InProcessGateway, running
+from .support import Api, InProcessGateway, eventually, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,8 +21,6 @@ async def test_parked_lease_wakes_within_a_second_of_a_submit(api: Api, gateway:
 
     async def parked() -> bool:
         return len(gateway.runtime.notifier.lease_waiters) == 1
-
-    from .support import eventually
 
     await eventually(parked, timeout=5)
     t0 = time.monotonic()
@@ -64,7 +62,6 @@ async def test_many_parked_workers_one_job_wakes_one(api: Api, gateway: InProces
         asyncio.create_task(api.signed(key, "POST", "/v1/workers/lease", {"worker_id": f"w{i}", "wait_ms": 3000}))
         for i in range(8)
     ]
-    from .support import eventually
 
     async def all_parked() -> bool:
         return len(gateway.runtime.notifier.lease_waiters) == 8
@@ -91,10 +88,16 @@ async def test_without_notifications_the_safety_poll_still_delivers(settings: Se
             lease = asyncio.create_task(
                 client.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 10_000})
             )
-            await asyncio.sleep(0)
-            await client.signed(key, "POST", "/v1/jobs", {"payload": {}})
+
+            async def parked() -> bool:
+                return len(gw.runtime.notifier.lease_waiters) == 1
+
+            # parked first, so only a poll can find the job: no notification will come
+            await eventually(parked, timeout=5)
+            job = (await client.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
+            # the poll runs every 0.4 to 0.6 s; the lease's own deadline is 10 s away
             r = await asyncio.wait_for(lease, 5)
-            assert len(r.body["jobs"]) == 1
+            assert [j["id"] for j in r.body["jobs"]] == [job["id"]]
         finally:
             await client.close()
 
@@ -111,12 +114,16 @@ async def test_delayed_job_waits_then_wakes_the_parked_lease(api: Api) -> None:
     assert 0.35 <= elapsed < 2.0, elapsed
 
 
-async def test_get_with_wait_returns_when_the_job_finishes(api: Api) -> None:
+async def test_get_with_wait_returns_when_the_job_finishes(api: Api, gateway: InProcessGateway) -> None:
     key = await api.tenant("tenant-a")
     job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
     waiting = asyncio.create_task(api.signed(key, "GET", f"/v1/jobs/{job['id']}?wait_ms=20000"))
     leased = (await api.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 0})).body["jobs"][0]
-    await asyncio.sleep(0.05)
+
+    async def parked() -> bool:
+        return len(gateway.runtime.notifier.job_waiters) == 1
+
+    await eventually(parked, timeout=5)
     assert not waiting.done()
     t0 = time.monotonic()
     await api.signed(key, "POST", f"/v1/jobs/{job['id']}/complete", {"lease_token": leased["lease_token"], "result": 1})

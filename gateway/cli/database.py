@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import sys
@@ -16,6 +17,8 @@ import asyncpg
 
 import db
 from core import load_settings
+
+log = logging.getLogger("orchestrator.cli")
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +85,7 @@ def open_database(data_dir: Path, configured: str | None) -> tuple[str, db.Embed
         return configured, None
     embedded = db.EmbeddedPostgres(data_dir / "pg")
     dsn = embedded.dsn()
-    print(f"embedded PostgreSQL running in {embedded.data_dir} ({dsn})", flush=True)
+    log.info("embedded PostgreSQL running in %s (%s)", embedded.data_dir, dsn)
     return dsn, embedded
 
 

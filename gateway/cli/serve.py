@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -13,10 +14,12 @@ import tempfile
 from pathlib import Path
 
 import db
-from core import load_settings
+from core import load_settings, logfmt
 
 from ..telemetry import logs
 from .database import CannotStart, open_database, schema_problem
+
+log = logging.getLogger("orchestrator.cli")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +28,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="gateway processes")
     p.add_argument("--migrate", action="store_true", help="migrate the database first when it is behind")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        help="json (one object per line) or text; default ORCH_LOG_FORMAT, else json unless stdout is a terminal",
+    )
+    p.add_argument(
+        "--no-access-log", action="store_true", help="no line per request (ORCH_ACCESS_LOG=off does the same)"
+    )
     p.set_defaults(func=serve)
 
 
@@ -75,9 +86,12 @@ def serve(args: argparse.Namespace) -> int:
             if not (args.migrate or embedded is not None) or "newer" in problem:
                 raise CannotStart(f"refusing to start: {problem}")
             db.upgrade(dsn)
-            print("migrated the database to the current schema", flush=True)
+            log.info("migrated the database to the current schema")
         _check_port(args.host, args.port)
         token, generated = _admin_token(data_dir, settings.admin_token)
+        fmt: logfmt.LogFormat = args.log_format or settings.log_format or logfmt.default_format()
+        if args.no_access_log:
+            os.environ["ORCH_ACCESS_LOG"] = "off"
         # Worker processes build their settings from this environment.
         os.environ["DATABASE_URL"] = dsn
         os.environ["ORCH_ADMIN_TOKEN"] = token
@@ -85,10 +99,10 @@ def serve(args: argparse.Namespace) -> int:
             # Processes behind one port share their metrics through this folder (see metrics_merge).
             metrics_dir = tempfile.mkdtemp(prefix="orch-metrics-")
             os.environ["ORCH_METRICS_DIR"] = metrics_dir
-        print(f"Job Orchestrator listening on http://{args.host}:{args.port} ({args.workers} process(es))", flush=True)
+        log.info("Job Orchestrator listening on http://%s:%d (%d process(es))", args.host, args.port, args.workers)
         if generated:
             # Shown once, when made; later starts read it from the file and say nothing of it.
-            print(f"admin token: {token} (generated; kept in {data_dir / 'admin_token'})", flush=True)
+            log.info("admin token: %s (generated; kept in %s)", token, data_dir / "admin_token")
         # uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown; turn that into a normal exit
         # so the embedded database below is stopped rather than left running.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -103,7 +117,7 @@ def serve(args: argparse.Namespace) -> int:
                 loop="uvloop",
                 http="httptools",
                 log_level=args.log_level,
-                log_config=logs.dict_config(args.log_level, json_lines=settings.log_json),
+                log_config=logs.dict_config(args.log_level, fmt),
                 access_log=False,
                 timeout_graceful_shutdown=5,
                 # Longer than clients keep idle connections (the SDK: 30 s), so the server never

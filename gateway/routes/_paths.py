@@ -15,11 +15,14 @@ import db
 from core import InvalidInput, NotFound, parse_uint
 from core.wire import QUEUE_RE
 
+from ..telemetry import logs
+
 
 def job_id(text: str) -> int:
     value = parse_uint(text, maximum=db.MAX_JOB_ID)
     if value is None:
         raise NotFound("no such job")
+    logs.job_id.set(text)  # the request's log lines are about this job
     return value
 
 

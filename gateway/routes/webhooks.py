@@ -85,7 +85,8 @@ def _is_local(host: str) -> bool:
 def _own_addresses(request: Request[Any, Any, Any], public_url: str | None) -> set[tuple[str, int]]:
     """The addresses this gateway answers on, as far as it can tell."""
     own: set[tuple[str, int]] = set()
-    scheme = request.url.scheme or "http"
+    # From the scope: `request.url` parses the Host header and fails on a malformed one.
+    scheme = str(request.scope.get("scheme") or "http")
     host_header = request.headers.get("host")
     if host_header:
         try:

@@ -27,6 +27,7 @@ from core.wire import (
 from ..auth import principal_of, runtime_of, signed
 from ..leasing import cancel, watch_disconnect
 from ..runtime import Runtime
+from ..telemetry import logs
 from . import _paths
 from ._body import Body
 
@@ -88,6 +89,7 @@ class WorkersController(Controller):
         return_dto=None,
     )
     async def lease(self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest]) -> LeaseResponse:
+        logs.worker_id.set(data.worker_id)
         disconnected = watch_disconnect(request.receive) if data.wait_ms else None
         leaser = request.app.state.leaser
         try:
