@@ -42,6 +42,11 @@ fmt:
 bench *args:
     python -m bench "$@"
 
+# Audit every guarantee against a real server and print a table (`just verify --quick` for a short run)
+[group('dev')]
+verify *args:
+    python -m bench.verify "$@"
+
 # Migrate the database (DATABASE_URL, or the embedded one in ORCH_DATA_DIR)
 [group('db')]
 migrate:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import msgspec
 
 from .logfmt import LogFormat
+from .wire import MAX_RETAIN_SECONDS
 
 PREFIX = "ORCH_"
 
@@ -57,6 +58,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     log_format: LogFormat | None = None  # None: json unless stdout is a terminal
     access_log: bool = True
     traces: str | None = None  # a span exporter: console, or otlp
+    # Finished jobs are deleted this long after they finished (None: kept for ever), unless a
+    # tenant's or queue's policy says otherwise; passes run at least this often.
+    retain_succeeded_seconds: int | None = 86_400
+    retain_cancelled_seconds: int | None = 7 * 86_400
+    retain_dead_seconds: int | None = 30 * 86_400
+    job_prune_interval_seconds: float = 10.0
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -77,6 +84,22 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+
+
+def _retention(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """Seconds, or `forever` for None; unset or empty: the default. `none` is refused: it could
+    mean "keep none" as well as "no limit"."""
+    raw = env.get(PREFIX + name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    if text.lower() == "forever":
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_RETAIN_SECONDS:
+        raise ValueError(
+            f"{PREFIX}{name} must be whole seconds from 0 to {MAX_RETAIN_SECONDS}, or forever; got {raw!r}"
+        )
+    return int(text)
 
 
 def _log_format(env: Mapping[str, str]) -> LogFormat | None:
@@ -133,4 +156,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         log_format=_log_format(env),
         access_log=_flag(env, "ACCESS_LOG"),
         traces=env.get(PREFIX + "TRACES") or None,
+        retain_succeeded_seconds=_retention(env, "RETAIN_SUCCEEDED_SECONDS", d.retain_succeeded_seconds),
+        retain_cancelled_seconds=_retention(env, "RETAIN_CANCELLED_SECONDS", d.retain_cancelled_seconds),
+        retain_dead_seconds=_retention(env, "RETAIN_DEAD_SECONDS", d.retain_dead_seconds),
+        job_prune_interval_seconds=_float(env, "JOB_PRUNE_INTERVAL_SECONDS", d.job_prune_interval_seconds),
     )

@@ -381,3 +381,37 @@ class Webhook(_Response, frozen=True):
 
 class WebhookList(_Response, frozen=True):
     webhooks: list[Webhook]
+
+
+# --- retention -----------------------------------------------------------------------------
+
+# The longest finite retention: a hundred years.
+MAX_RETAIN_SECONDS = 100 * 365 * 86_400
+RetainSeconds = Annotated[int, Meta(ge=0, le=MAX_RETAIN_SECONDS)]
+
+
+class RetentionPolicy(_Request, frozen=True):
+    """How long a scope keeps finished jobs, per final state, in seconds after they finished:
+    0 keeps nothing, null keeps them for ever, an absent field inherits (a queue's from the
+    tenant-wide policy, that from the deployment)."""
+
+    succeeded_seconds: RetainSeconds | msgspec.UnsetType | None = msgspec.UNSET
+    cancelled_seconds: RetainSeconds | msgspec.UnsetType | None = msgspec.UNSET
+    dead_seconds: RetainSeconds | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class Retention(_Response, frozen=True):
+    """The retention in force per final state, in seconds; null: kept for ever."""
+
+    succeeded_seconds: int | None = None
+    cancelled_seconds: int | None = None
+    dead_seconds: int | None = None
+
+
+class RetentionPolicyOut(_Response, frozen=True):
+    queue: str | None  # None: the tenant-wide policy
+    # What this scope sets, as in a PUT: an absent field inherits, null keeps for ever.
+    succeeded_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    cancelled_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    dead_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    effective: Retention = Retention()

@@ -258,12 +258,16 @@ async def webhook_activity(conn: Conn) -> WebhookActivity:
 
 
 async def webhook_try_lock(conn: Conn, webhook_id: int) -> bool:
-    """Lock the endpoint for deliveries on this connection's session; False if another holds it."""
+    """Lock the endpoint for deliveries on this connection's session; False if another holds it.
+
+    The pool does not reset sessions, so the caller must release it with `webhook_unlock`, or
+    close the connection (`terminate`) when that cannot be confirmed."""
     return bool(await conn.fetchval(_WEBHOOK_TRY_LOCK, webhook_id))
 
 
-async def webhook_unlock(conn: Conn, webhook_id: int) -> None:
-    await conn.fetchval(_WEBHOOK_UNLOCK, webhook_id)
+async def webhook_unlock(conn: Conn, webhook_id: int) -> bool:
+    """Release the endpoint's lock; False if this session did not hold it."""
+    return bool(await conn.fetchval(_WEBHOOK_UNLOCK, webhook_id))
 
 
 async def webhook_claim(conn: Conn, webhook_id: int) -> WebhookRow | None:

@@ -90,6 +90,22 @@ async def job_insert_many(
     if missing:
         for r in await conn.fetch(_BY_KEYS, tenant_id, missing):
             existing[r["idempotency_key"]] = job_from_row(r)
+        # A key whose job retention deleted between the two statements is free again: submit anew.
+        freed: dict[str, NewJob] = {}
+        for j in jobs:
+            key = j.idempotency_key
+            if key is not None and key not in by_key and key not in existing:
+                freed.setdefault(key, j)
+        if freed:
+            again = await job_insert_many(
+                conn,
+                tenant_id,
+                list(freed.values()),
+                default_max_attempts=default_max_attempts,
+                traceparent=traceparent,
+            )
+            for i in again:
+                (by_key if i.created else existing)[str(i.job.idempotency_key)] = i.job
     out: list[Inserted] = []
     for j in jobs:
         key = j.idempotency_key
@@ -155,19 +171,19 @@ async def job_lease(
     conn: Conn,
     tenant_id: str,
     queues: Sequence[str],
-    limit: int,
+    slots: Sequence[str],
     lease_seconds: int,
-    worker_id: str,
     *,
     pass_floor: float | None = None,
     fifo: bool = False,
-) -> list[LeasedJob]:
-    """Lease up to `limit` ready jobs, fewer when the tenant's in-flight cap leaves less room.
+) -> list[tuple[str, LeasedJob]]:
+    """Lease up to one ready job per slot, each for the worker its slot names (a job's
+    worker comes with it), fewer when the tenant's in-flight cap leaves less room.
     `pass_floor` (shared leases) advances the tenant's fair-share pass; `fifo` takes the oldest
     jobs whatever their priority. One statement: call it outside a transaction, or the cap's
     lock is held to that transaction's end."""
-    rows = await conn.fetch(_LEASE, tenant_id, list(queues), limit, lease_seconds, worker_id, pass_floor, fifo)
-    return [leased_job_from_row(r) for r in rows]
+    rows = await conn.fetch(_LEASE, tenant_id, list(queues), list(slots), lease_seconds, pass_floor, fifo)
+    return [(r["worker_id"], leased_job_from_row(r)) for r in rows]
 
 
 async def job_heartbeat(

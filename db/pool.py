@@ -35,8 +35,10 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
-        # Nothing sets session state on pool connections (advisory locks are transaction-level,
-        # LISTEN has its own connection), so releasing one skips asyncpg's RESET round trip.
+        # Nothing leaves session state on pool connections (LISTEN has its own connection;
+        # advisory locks are transaction-level but for the webhook publisher's, which it unlocks
+        # or else closes the connection), so releasing one skips asyncpg's RESET round trip.
+        # asyncpg still rolls back a transaction left open before calling this.
         reset=_keep_session,
         # Long-polls hold no connection while parked, so the pool serves statements only.
         command_timeout=60,

@@ -73,94 +73,7 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_traceparent_check CHECK ((traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text))
 );
 
-CREATE FUNCTION public.orch_job_lease(p_tenant text, p_queues text[], p_limit integer, p_lease_seconds integer, p_worker text, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
-    LANGUAGE plpgsql
-    SET plan_cache_mode TO 'force_generic_plan'
-    AS $_$
-BEGIN
-    IF p_fifo THEN
-        RETURN QUERY
-        WITH picked AS (
-            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
-            -- one scan), each locking at most $3 rows, then the best $3 of them.
-            SELECT x.id
-              FROM unnest(ARRAY(SELECT unnest($2::text[])
-                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
-             CROSS JOIN LATERAL (
-                    SELECT id, priority FROM jobs
-                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
-                     ORDER BY id
-                     LIMIT $3
-                       FOR UPDATE SKIP LOCKED) x
-             ORDER BY id
-             LIMIT $3
-        ), leased AS (
-            UPDATE jobs j
-               SET state = 'running',
-                   attempts = j.attempts + 1,
-                   lease_token = nextval('lease_token_seq'),
-                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
-                   started_at = now(),
-                   worker_id = $5
-             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
-             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
-             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-            RETURNING j.*
-        ), ev AS (
-            INSERT INTO events (tenant_id, job_id, queue, type, data)
-            SELECT tenant_id, id, queue, 'job.started',
-                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
-              FROM leased ORDER BY id
-        ), pass AS (
-            UPDATE tenants t
-               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
-             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
-        )
-        SELECT * FROM leased ORDER BY priority DESC, id;
-    ELSE
-        RETURN QUERY
-        WITH picked AS (
-            -- One ordered index scan per queue (a list of queues cannot be read in priority order by
-            -- one scan), each locking at most $3 rows, then the best $3 of them.
-            SELECT x.id
-              FROM unnest(ARRAY(SELECT unnest($2::text[])
-                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = $1)) AS q(queue)
-             CROSS JOIN LATERAL (
-                    SELECT id, priority FROM jobs
-                     WHERE tenant_id = $1 AND queue = q.queue AND state = 'ready'
-                     ORDER BY priority DESC, id
-                     LIMIT $3
-                       FOR UPDATE SKIP LOCKED) x
-             ORDER BY priority DESC, id
-             LIMIT $3
-        ), leased AS (
-            UPDATE jobs j
-               SET state = 'running',
-                   attempts = j.attempts + 1,
-                   lease_token = nextval('lease_token_seq'),
-                   lease_expires_at = now() + make_interval(secs => least($4, coalesce(j.timeout_seconds, $4))),
-                   started_at = now(),
-                   worker_id = $5
-             -- By the primary key whatever the estimate: a generic plan guesses a tenth of the
-             -- table for LIMIT $3, and would join that many rows to a scan of jobs.
-             WHERE j.id = ANY (ARRAY(SELECT id FROM picked))
-            RETURNING j.*
-        ), ev AS (
-            INSERT INTO events (tenant_id, job_id, queue, type, data)
-            SELECT tenant_id, id, queue, 'job.started',
-                   jsonb_build_object('attempt', attempts, 'worker_id', worker_id, 'lease_token', lease_token)
-              FROM leased ORDER BY id
-        ), pass AS (
-            UPDATE tenants t
-               SET vpass = greatest(t.vpass, $6::float8) + (SELECT count(*) FROM leased)::float8 / t.weight
-             WHERE t.id = $1 AND $6::float8 IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
-        )
-        SELECT * FROM leased ORDER BY priority DESC, id;
-    END IF;
-END
-$_$;
-
-CREATE FUNCTION public.orch_job_lease_capped(p_tenant text, p_queues text[], p_limit integer, p_lease_seconds integer, p_worker text, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
+CREATE FUNCTION public.orch_job_lease_capped(p_tenant text, p_queues text[], p_workers text[], p_lease_seconds integer, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
@@ -175,10 +88,80 @@ BEGIN
         IF room <= 0 THEN
             RETURN;
         END IF;
-        p_limit := least(p_limit, room);
+        IF room < cardinality(p_workers) THEN
+            p_workers := p_workers[1:room];
+        END IF;
     END IF;
-    RETURN QUERY SELECT * FROM orch_job_lease(p_tenant, p_queues, p_limit, p_lease_seconds, p_worker,
-                                              p_pass_floor, p_fifo);
+    RETURN QUERY SELECT * FROM orch_job_lease_slots(p_tenant, p_queues, p_workers, p_lease_seconds,
+                                                    p_pass_floor, p_fifo);
+END
+$$;
+
+CREATE FUNCTION public.orch_job_lease_slots(p_tenant text, p_queues text[], p_workers text[], p_lease_seconds integer, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_limit integer := coalesce(cardinality(p_workers), 0);
+    v_ids bigint[];
+BEGIN
+    IF v_limit = 0 THEN
+        RETURN;
+    END IF;
+    IF p_fifo THEN
+        v_ids := ARRAY(
+            SELECT x.id
+              FROM unnest(ARRAY(SELECT unnest(p_queues)
+                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = p_tenant)) AS q(queue)
+             CROSS JOIN LATERAL (
+                    SELECT id, priority FROM jobs
+                     WHERE tenant_id = p_tenant AND queue = q.queue AND state = 'ready'
+                     ORDER BY id
+                     LIMIT v_limit
+                       FOR UPDATE SKIP LOCKED) x
+             ORDER BY id
+             LIMIT v_limit);
+    ELSE
+        v_ids := ARRAY(
+            SELECT x.id
+              FROM unnest(ARRAY(SELECT unnest(p_queues)
+                                EXCEPT SELECT queue FROM queue_pauses WHERE tenant_id = p_tenant)) AS q(queue)
+             CROSS JOIN LATERAL (
+                    SELECT id, priority FROM jobs
+                     WHERE tenant_id = p_tenant AND queue = q.queue AND state = 'ready'
+                     ORDER BY priority DESC, id
+                     LIMIT v_limit
+                       FOR UPDATE SKIP LOCKED) x
+             ORDER BY priority DESC, id
+             LIMIT v_limit);
+    END IF;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH leased AS (
+        UPDATE jobs j
+           SET state = 'running',
+               attempts = j.attempts + 1,
+               lease_token = nextval('lease_token_seq'),
+               lease_expires_at = now() + make_interval(secs => least(p_lease_seconds,
+                                                                      coalesce(j.timeout_seconds, p_lease_seconds))),
+               started_at = now(),
+               worker_id = p_workers[array_position(v_ids, j.id)]
+         -- By the primary key whatever the estimate (see 0007).
+         WHERE j.id = ANY (v_ids)
+        RETURNING j.*
+    ), ev AS (
+        INSERT INTO events (tenant_id, job_id, queue, type, data)
+        SELECT l.tenant_id, l.id, l.queue, 'job.started',
+               jsonb_build_object('attempt', l.attempts, 'worker_id', l.worker_id, 'lease_token', l.lease_token)
+          FROM leased l ORDER BY l.id
+    ), pass AS (
+        UPDATE tenants t
+           SET vpass = greatest(t.vpass, p_pass_floor) + (SELECT count(*) FROM leased)::float8 / t.weight
+         WHERE t.id = p_tenant AND p_pass_floor IS NOT NULL AND EXISTS (SELECT 1 FROM leased)
+    )
+    SELECT * FROM leased l ORDER BY l.priority DESC, l.id;
 END
 $$;
 
@@ -351,6 +334,17 @@ CREATE TABLE public.request_nonces (
     seen_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE public.retention_policies (
+    tenant_id text NOT NULL,
+    queue text NOT NULL,
+    state public.job_state NOT NULL,
+    keep_seconds bigint,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT retention_policies_keep_seconds_check CHECK ((keep_seconds >= 0)),
+    CONSTRAINT retention_policies_queue_check CHECK (((queue = ''::text) OR (queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text))),
+    CONSTRAINT retention_policies_state_check CHECK ((state = ANY (ARRAY['succeeded'::public.job_state, 'cancelled'::public.job_state, 'dead'::public.job_state])))
+);
+
 CREATE TABLE public.retry_policies (
     tenant_id text NOT NULL,
     queue text NOT NULL,
@@ -473,6 +467,9 @@ ALTER TABLE ONLY public.queue_pauses
 ALTER TABLE ONLY public.request_nonces
     ADD CONSTRAINT request_nonces_pkey PRIMARY KEY (key_id, nonce);
 
+ALTER TABLE ONLY public.retention_policies
+    ADD CONSTRAINT retention_policies_pkey PRIMARY KEY (tenant_id, queue, state);
+
 ALTER TABLE ONLY public.retry_policies
     ADD CONSTRAINT retry_policies_pkey PRIMARY KEY (tenant_id, queue);
 
@@ -500,6 +497,8 @@ CREATE INDEX events_tenant_xid ON public.events USING btree (tenant_id, xid, id)
 
 CREATE INDEX jobs_dead ON public.jobs USING btree (tenant_id, id) WHERE (state = 'dead'::public.job_state);
 
+CREATE INDEX jobs_finished ON public.jobs USING btree (tenant_id, queue, state, finished_at) WHERE (state = ANY (ARRAY['succeeded'::public.job_state, 'cancelled'::public.job_state, 'dead'::public.job_state]));
+
 CREATE UNIQUE INDEX jobs_idempotency ON public.jobs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE INDEX jobs_ready ON public.jobs USING btree (tenant_id, queue, priority DESC, id) WHERE (state = 'ready'::public.job_state);
@@ -517,6 +516,8 @@ CREATE INDEX jobs_tenant_recent ON public.jobs USING btree (tenant_id, id DESC);
 CREATE INDEX jobs_tenant_state_recent ON public.jobs USING btree (tenant_id, state, id DESC);
 
 CREATE INDEX request_nonces_seen_at ON public.request_nonces USING btree (seen_at);
+
+CREATE INDEX schedule_fires_job ON public.schedule_fires USING btree (job_id) WHERE (job_id IS NOT NULL);
 
 CREATE INDEX schedules_due ON public.schedules USING btree (next_fire_at) WHERE (NOT paused);
 
@@ -541,6 +542,9 @@ ALTER TABLE ONLY public.jobs
 
 ALTER TABLE ONLY public.queue_pauses
     ADD CONSTRAINT queue_pauses_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.retention_policies
+    ADD CONSTRAINT retention_policies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.retry_policies
     ADD CONSTRAINT retry_policies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;

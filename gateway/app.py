@@ -87,9 +87,7 @@ def _timing(app: ASGIApp) -> ASGIApp:
             if rt is None or not rt.tracing.enabled:
                 await app(scope, receive, send_wrapper)
             else:
-                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-                with rt.tracing.request_span(f"{scope.get('method', '')} {scope.get('path_template', '')}", headers):
-                    await app(scope, receive, send_wrapper)
+                await rt.tracing.serve(app, scope, receive, send_wrapper)
         finally:
             if rt is not None:
                 took = time.perf_counter() - t0

@@ -156,12 +156,12 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, asyncpg.DataError):
         # Input that passed validation but that PostgreSQL cannot store. Its text names server
         # internals, so it goes to the log, not to the client.
-        log.info("a value could not be stored in %s %s: %s", request.method, request.url.path, exc)
+        log.info("a value could not be stored in %s %s: %s", request.method, request.scope["path"], exc)
         return problem(
             422, "a value cannot be stored: a string holds \\u0000, or a number or time is out of the stored range"
         )
     if db_down(exc):
-        log.warning("database unreachable during %s %s: %r", request.method, request.url.path, exc)
+        log.warning("database unreachable during %s %s: %r", request.method, request.scope["path"], exc)
         return problem(503, "the database is unreachable; retry shortly", headers={"Retry-After": RETRY_AFTER_SECONDS})
-    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    log.exception("unhandled error in %s %s", request.method, request.scope["path"])
     return problem(500, "internal error")

@@ -29,19 +29,33 @@ JOIN_CREDIT = 10.0
 FIFO_SHARE = 0.1
 
 
+# The most requests one lease statement serves; a larger wake-up takes several.
+MAX_GROUP = 250
+
+_GroupKey = tuple[str | None, tuple[str, ...], int]  # tenant (None: shared), queues, lease seconds
+_Member = tuple[LeaseRequest, "asyncio.Future[list[LeasedJob]]"]
+
+
 class Leaser:
+    """Leases for long-polls. Requests that try in the same turn of the event loop — typically
+    the parked polls one notification wakes — are leased together by one statement, each job
+    naming the worker it is for."""
+
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
-        self._forgetting: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._forming: dict[_GroupKey, list[_Member]] = {}
 
     async def close(self) -> None:
-        """Let pending forgets finish, so none is cut off at shutdown."""
-        await asyncio.gather(*self._forgetting, return_exceptions=True)
+        """Let pending group leases and forgets finish, so none is cut off at shutdown."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _forget_soon(self, tenant_id: str, queues: list[str]) -> None:
-        task = asyncio.create_task(self._forget(tenant_id, queues))
-        self._forgetting.add(task)
-        task.add_done_callback(self._forgetting.discard)
+        self._track(asyncio.create_task(self._forget(tenant_id, queues)))
 
     async def _forget(self, tenant_id: str, queues: list[str]) -> None:
         try:
@@ -120,48 +134,87 @@ class Leaser:
         log.info("released jobs leased to a client that went away", extra={"count": len(items)})
 
     async def _attempt(self, tenant_id: str | None, req: LeaseRequest) -> list[LeasedJob]:
+        """Lease for this request, together with every other request of the same kind that
+        tries in the same turn of the event loop: one statement for all of them."""
+        lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
+        key = (tenant_id, tuple(req.queues), lease_seconds)
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[list[LeasedJob]] = loop.create_future()
+        group = self._forming.get(key)
+        if group is None:
+            group = self._forming[key] = []
+            # Runs after the requests woken with this one have joined.
+            self._track(loop.create_task(self._lease_group(key, group)))
+        group.append((req, got))
+        return await got
+
+    async def _lease_group(self, key: _GroupKey, group: list[_Member]) -> None:
+        tenant_id, queues, lease_seconds = key
+        del self._forming[key]
+        try:
+            for start in range(0, len(group), MAX_GROUP):
+                await self._lease_for(tenant_id, list(queues), lease_seconds, group[start : start + MAX_GROUP])
+        except BaseException as exc:
+            for _, got in group:
+                if not got.done():
+                    got.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def _lease_for(
+        self, tenant_id: str | None, queues: list[str], lease_seconds: int, group: list[_Member]
+    ) -> None:
+        slots = [req.worker_id for req, _ in group for _ in range(req.max_jobs)]
         # The starvation guard: some rounds take the oldest jobs whatever their priority.
         fifo = random.random() < FIFO_SHARE
         t0 = time.perf_counter()
         try:
             async with self._rt.pool.acquire() as conn:
                 if tenant_id is not None:
-                    jobs = await self._lease_tenant(conn, tenant_id, req, req.max_jobs, None, fifo)
+                    jobs = await db.job_lease(conn, tenant_id, queues, slots, lease_seconds, fifo=fifo)
                 else:
-                    jobs = await self._lease_shared(conn, req, fifo)
+                    jobs = await self._lease_shared(conn, queues, slots, lease_seconds, fifo)
         finally:
             self._rt.metrics.lease_statement.record(time.perf_counter() - t0)
-        if jobs:
-            self._rt.metrics.leased(jobs)
-        return jobs
+        # Each job goes to a request of the worker its slot named, up to what that request asked.
+        by_worker: dict[str, list[LeasedJob]] = {}
+        for worker_id, job in jobs:
+            by_worker.setdefault(worker_id, []).append(job)
+        orphans: list[LeasedJob] = []
+        for req, got in group:
+            mine = by_worker.get(req.worker_id, [])
+            take, by_worker[req.worker_id] = mine[: req.max_jobs], mine[req.max_jobs :]
+            if got.done():  # its request went away while the statement ran
+                orphans += take
+                continue
+            if take:
+                self._rt.metrics.leased(take)
+            got.set_result(take)
+        if orphans:
+            await self.release(orphans)
 
-    async def _lease_shared(self, conn: db.Conn, req: LeaseRequest, fifo: bool) -> list[LeasedJob]:
-        leased: list[LeasedJob] = []
-        candidates = await db.tenant_pick(conn, req.queues, CANDIDATES)
+    async def _lease_shared(
+        self, conn: db.Conn, queues: list[str], slots: list[str], lease_seconds: int, fifo: bool
+    ) -> list[tuple[str, LeasedJob]]:
+        leased: list[tuple[str, LeasedJob]] = []
+        candidates = await db.tenant_pick(conn, queues, CANDIDATES)
         if not candidates:
             return leased
         floor = candidates[0].lead_pass - JOIN_CREDIT
         for c in candidates:
-            got = await self._lease_tenant(conn, c.tenant_id, req, req.max_jobs - len(leased), floor, fifo)
+            left = slots[len(leased) :]
+            got = await db.job_lease(conn, c.tenant_id, queues, left, lease_seconds, pass_floor=floor, fifo=fifo)
             if not got:
                 # Its ready jobs are gone (or all locked by other leases): stop offering it.
-                await db.runnable_queue_forget(conn, c.tenant_id, req.queues)
-            elif len(got) < req.max_jobs - len(leased):
+                await db.runnable_queue_forget(conn, c.tenant_id, queues)
+            elif len(got) < len(left):
                 # This lease likely took its last ready jobs: forget the pair now, after answering,
                 # so the next lease does not pay a lease statement to find that out.
-                self._forget_soon(c.tenant_id, req.queues)
+                self._forget_soon(c.tenant_id, queues)
             leased += got
-            if len(leased) >= req.max_jobs:
+            if len(leased) >= len(slots):
                 break
         return leased
-
-    async def _lease_tenant(
-        self, conn: db.Conn, tenant_id: str, req: LeaseRequest, limit: int, pass_floor: float | None, fifo: bool
-    ) -> list[LeasedJob]:
-        lease_seconds = min(req.lease_seconds, self._rt.settings.max_lease_seconds)
-        return await db.job_lease(
-            conn, tenant_id, req.queues, limit, lease_seconds, req.worker_id, pass_floor=pass_floor, fifo=fifo
-        )
 
 
 def watch_disconnect(receive: Callable[[], Awaitable[Any]]) -> asyncio.Future[object]:

@@ -64,13 +64,35 @@ def _indexes(nodes: list[dict[str, Any]]) -> set[str]:
     return {n["Index Name"] for n in nodes if "Index Name" in n}
 
 
-async def test_lease_uses_the_ready_index(conn: Any) -> None:
-    # The two statements of orch_job_lease: oldest first (the starvation guard), then by priority.
-    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_job_lease'")
-    fifo, by_priority = (part.split(";", 1)[0] for part in body.split("RETURN QUERY")[1:])
-    args = ("t5", ["q1", "q2"], 10, 30, "w", 1.0)
+def _params(text: str, names: dict[str, str]) -> str:
+    for name, param in names.items():
+        text = text.replace(name, param)
+    return text
+
+
+async def test_lease_uses_the_ready_index_and_updates_by_primary_key(conn: Any) -> None:
+    # orch_job_lease_slots: its two picks (oldest first, for the starvation guard; then by
+    # priority), then the update of the picked rows, each as the function runs it.
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_job_lease_slots'")
+    picks = ["SELECT " + part.split(";", 1)[0] for part in body.split("v_ids := ")[1:]]
+    fifo, by_priority = (
+        _params(p, {"p_tenant": "$1::text", "p_queues": "$2::text[]", "v_limit": "$3::int"}) for p in picks
+    )
+    args = ("t5", ["q1", "q2"], 10)
     assert "jobs_ready" in _indexes(await _plan(conn, by_priority, *args))
     assert "jobs_ready_fifo" in _indexes(await _plan(conn, fifo, *args))
+    update = body.split("RETURN QUERY", 1)[1].split(";", 1)[0]
+    update = _params(
+        update,
+        {
+            "p_workers": "($1::text[])",
+            "v_ids": "($2::bigint[])",
+            "p_lease_seconds": "$3::int",
+            "p_pass_floor": "$4::float8",
+            "p_tenant": "$5::text",
+        },
+    )
+    assert "jobs_pkey" in _indexes(await _plan(conn, update, ["w"] * 3, [1, 51, 101], 30, 1.0, "t5"))
 
 
 async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> None:

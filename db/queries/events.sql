@@ -154,7 +154,8 @@ SELECT EXISTS (SELECT 1 FROM webhooks WHERE state = 'active') AS active,
 
 -- name: webhook_try_lock
 -- Session-level, so it holds while the delivery's HTTP request runs without keeping a
--- transaction (and an xid that would hold back every reader's xmin) open.
+-- transaction (and an xid that would hold back every reader's xmin) open. Pooled sessions are
+-- not reset: the holder unlocks, or closes the connection when it cannot (webhook_publisher).
 SELECT pg_try_advisory_lock(hashtextextended('orch.webhook:' || $1::bigint, 0));
 
 -- name: webhook_unlock

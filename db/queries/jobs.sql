@@ -56,9 +56,9 @@ SELECT id, max_inflight, vpass, lead_pass FROM orch_tenant_pick($1::text[], $2);
 SELECT orch_runnable_forget($1, $2::text[]);
 
 -- name: job_lease
--- The functions (migrations 0007, 0008) hold the statement, keep its generic plan, and apply
--- the tenant's in-flight cap.
-SELECT * FROM orch_job_lease_capped($1, $2::text[], $3, $4, $5, $6, $7);
+-- The functions (migration 0008) hold the statement, keep its generic plan, and apply the
+-- tenant's in-flight cap.
+SELECT * FROM orch_job_lease_capped($1, $2::text[], $3::text[], $4, $5, $6);
 
 -- name: job_heartbeat
 -- A job with a hard timeout is never extended past started_at + timeout_seconds.

@@ -16,7 +16,7 @@ from pathlib import Path
 import db
 from core import load_settings, logfmt
 
-from ..telemetry import logs
+from ..telemetry import logs, tracing
 from .database import CannotStart, open_database, schema_problem
 
 log = logging.getLogger("orchestrator.cli")
@@ -77,6 +77,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = load_settings(os.environ)
+    problem = tracing.check_exporter(settings.traces)
+    if problem is not None:
+        raise CannotStart(problem)
     data_dir = Path(settings.data_dir)
     dsn, embedded = open_database(data_dir, settings.database_url)
     metrics_dir: str | None = None
@@ -120,6 +123,9 @@ def serve(args: argparse.Namespace) -> int:
                 log_config=logs.dict_config(args.log_level, fmt),
                 access_log=False,
                 timeout_graceful_shutdown=5,
+                # A process importing the app on a busy host may take longer than uvicorn's 5 s
+                # before it answers the health check; it was killed and started again in a loop.
+                timeout_worker_healthcheck=30,
                 # Longer than clients keep idle connections (the SDK: 30 s), so the server never
                 # closes one under a request in flight.
                 timeout_keep_alive=75,

@@ -9,6 +9,7 @@ from .events import ConsumersController, EventsController
 from .jobs import JobsController, RetryPolicyController
 from .ops import healthz, metrics, readyz
 from .queues import AdminQueuesController, QueuesController
+from .retention import RetentionController
 from .schedules import SchedulesController
 from .webhooks import WebhooksController
 from .workers import WorkersController
@@ -16,6 +17,7 @@ from .workers import WorkersController
 ROUTES: list[ControllerRouterHandler] = [
     JobsController,
     RetryPolicyController,
+    RetentionController,
     SchedulesController,
     WorkersController,
     EventsController,

@@ -37,6 +37,52 @@ def new_job(s: JobSubmit, field_prefix: str = "") -> db.NewJob:
     )
 
 
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values: numbers by value (jsonb may store 1e2 as 100), but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same_json, a, b))
+    if isinstance(a, int | float):
+        return isinstance(b, int | float) and a == b
+    return type(a) is type(b) and a == b
+
+
+def _differing_field(s: JobSubmit, job: Job) -> str | None:
+    """The first field in which a submit differs from the job its idempotency key names. Left
+    out: run_at and delay_ms (relative to the moment of sending, so a resend differs), and an
+    omitted max_attempts (the job holds the value the policies gave it)."""
+    checks = (
+        ("queue", s.queue == job.queue),
+        ("kind", s.kind == job.kind),
+        ("priority", s.priority == job.priority),
+        ("max_attempts", s.max_attempts is None or s.max_attempts == job.max_attempts),
+        ("timeout_seconds", s.timeout_seconds == job.timeout_seconds),
+        ("retry_base_ms", s.retry_base_ms == job.retry_base_ms),
+        ("retry_cap_ms", s.retry_cap_ms == job.retry_cap_ms),
+        ("payload", _same_json(s.payload, job.payload)),
+    )
+    return next((name for name, same in checks if not same), None)
+
+
+def check_idempotency(submits: list[JobSubmit], inserted: list[db.Inserted], *, batch: bool) -> None:
+    """409 naming the idempotency key of the first submit that reuses a key for a different
+    request (Stripe's rule); the same request again answers with the job first created."""
+    for i, (s, ins) in enumerate(zip(submits, inserted, strict=True)):
+        if ins.created:
+            continue
+        differs = _differing_field(s, ins.job)
+        if differs is not None:
+            prefix = f"jobs[{i}]." if batch else ""
+            raise Conflict(
+                f"{prefix}idempotency_key: {s.idempotency_key!r} was used for job {ins.job.id} with another "
+                f"{differs}; a different request needs a new key",
+                field=f"{prefix}idempotency_key",
+            )
+
+
 class JobsController(Controller):
     path = "/v1/jobs"
     guards = [signed, _paths.strict_query]
@@ -55,6 +101,8 @@ class JobsController(Controller):
                 default_max_attempts=rt.settings.default_max_attempts,
                 traceparent=rt.tracing.traceparent(request.headers),
             )
+        # Not created: the key existed, so nothing was inserted and refusing is enough.
+        check_idempotency([data], [inserted], batch=False)
         if inserted.created:
             rt.metrics.jobs_submitted.add(1, rt.metrics.labels(tenant_id, job.queue))
         return Response(inserted.job, status_code=201 if inserted.created else 200)
@@ -70,8 +118,10 @@ class JobsController(Controller):
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
         jobs = [new_job(s, f"jobs[{i}].") for i, s in enumerate(data.jobs)]
-        # One statement inserts the whole batch: all or nothing without a transaction around it.
-        async with rt.pool.acquire() as conn:
+        # One statement inserts the whole batch. With idempotency keys, a transaction around it
+        # lets a key reused for a different request roll back the items already inserted.
+        keyed = any(j.idempotency_key is not None for j in jobs)
+        async with rt.pool.acquire() as conn, conn.transaction() if keyed else contextlib.nullcontext():
             inserted = await db.job_insert_many(
                 conn,
                 tenant_id,
@@ -79,6 +129,7 @@ class JobsController(Controller):
                 default_max_attempts=rt.settings.default_max_attempts,
                 traceparent=rt.tracing.traceparent(request.headers),
             )
+            check_idempotency(data.jobs, inserted, batch=True)
         created = Counter(i.job.queue for i in inserted if i.created)
         for queue, n in created.items():
             rt.metrics.jobs_submitted.add(n, rt.metrics.labels(tenant_id, queue))

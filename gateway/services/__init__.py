@@ -8,6 +8,7 @@ from core import Settings
 
 from ..runtime import Service
 from .event_pruner import run_event_pruner
+from .job_pruner import run_job_pruner
 from .metrics_snapshot import run_metrics_snapshots
 from .nonces import run_nonce_pruner
 from .promoter import run_promoter
@@ -26,6 +27,7 @@ def services_for(settings: Settings) -> list[Service]:
         Service("stats", run_stats),
         Service("scheduler", run_scheduler),
         Service("event-pruner", run_event_pruner),
+        Service("job-pruner", run_job_pruner),
         Service("webhook-publisher", run_webhook_publisher),
     ]
     if settings.metrics_dir is not None:

@@ -124,8 +124,8 @@ def address_class(ip: IPAddress) -> str | None:
         (ip.is_multicast, "multicast"),
         (isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL, "unique-local"),
         (isinstance(ip, ipaddress.IPv6Address) and ip in _SITE_LOCAL, "site-local"),
-        (ip.is_private, "private"),
         (ip.is_reserved, "reserved"),
+        (ip.is_private, "private"),
         (not ip.is_global, "not globally routable"),
     )
     return next((name for refused, name in checks if refused), None)
@@ -150,6 +150,8 @@ class DestinationPolicy:
             ip = _parse_ip(entry)
             if ip is not None:
                 networks.append(ipaddress.ip_network(ip))
+                if isinstance(ip, ipaddress.IPv6Address) and (embedded := _embedded_ipv4(ip)) is not None:
+                    networks.append(ipaddress.ip_network(embedded))
                 continue
             if "/" in entry:
                 try:
@@ -213,7 +215,7 @@ async def registration_refusal(host: str, port: int, policy: DestinationPolicy) 
     return f"{host} resolves only to refused addresses ({', '.join(sorted(k for k in kinds if k))})"
 
 
-class _CheckedResolver(AbstractResolver):
+class CheckedResolver(AbstractResolver):
     """The system resolver, keeping only the addresses the policy allows: the connector connects
     to what this returns, so the address checked is the address used."""
 
@@ -306,7 +308,7 @@ class WebhookPublisher:
         limit = max(1, self._rt.settings.webhook_concurrency) * 2
         connector = (
             aiohttp.TCPConnector(
-                limit=limit, resolver=_CheckedResolver(self._policy), socket_factory=_checked_socket(self._policy)
+                limit=limit, resolver=CheckedResolver(self._policy), socket_factory=_checked_socket(self._policy)
             )
             if checked
             else aiohttp.TCPConnector(limit=limit)
@@ -463,7 +465,7 @@ class WebhookPublisher:
             url = URL(hook.url)
         except ValueError:
             return Attempt(False, None, "invalid URL")
-        trusted = self._trusted is not None and url.host is not None and self._policy.allows_name(url.host)
+        trusted = self._trusted is not None and url.raw_host is not None and self._policy.allows_name(url.raw_host)
         session = self._trusted if trusted and self._trusted is not None else self._session
         timeout = self._rt.settings.webhook_timeout_seconds
         body = _encode(event)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -41,6 +46,98 @@ _LATENCY_BUCKETS = (
 
 LabelKey = tuple[tuple[str, str], ...]
 
+# Label values tenants choose (queue, consumer and webhook names) are capped per tenant: past the
+# cap they read OTHER, so one tenant cannot grow the series without bound (docs/observability.md).
+QUEUE_LABELS_PER_TENANT = 20
+CONSUMER_LABELS_PER_TENANT = 20
+WEBHOOK_LABELS_PER_TENANT = 20
+OTHER = "_other"  # no name can be this: names start with a letter or digit
+ALL_QUEUES = "*"  # an operator's replay of a whole dead-letter queue: not a tenant's choice
+
+
+class LabelCap:
+    """The first `cap` values of a label seen per tenant keep their name; later ones read OTHER.
+
+    With `share(folder)` the processes behind one port admit values through one file there, so
+    they all fold the same names. Cheap on the hot path: a known value is one dict and one set
+    lookup, and the file is read only while a tenant still has room, at most `cap` + 1 times.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._admitted: dict[str, set[str]] = {}
+        self._file: Path | None = None
+
+    def value(self, tenant: str, name: str) -> str:
+        seen = self._admitted.get(tenant)
+        if seen is not None and name in seen:
+            return name
+        return self._admit(tenant, name)
+
+    def _admit(self, tenant: str, name: str) -> str:
+        if name == ALL_QUEUES:
+            return name
+        seen = self._admitted.setdefault(tenant, set())
+        if len(seen) >= self.cap:
+            return OTHER
+        if self._file is None:
+            seen.add(name)
+            return name
+        shared = self._admit_shared(tenant, name)
+        seen |= shared
+        return name if name in seen else OTHER
+
+    def _admit_shared(self, tenant: str, name: str) -> set[str]:
+        assert self._file is not None
+        with _locked(self._file.with_suffix(".lock")):
+            admitted: set[str] = set()
+            with contextlib.suppress(FileNotFoundError):
+                for line in self._file.read_text().splitlines():
+                    t, n = json.loads(line)
+                    if t == tenant:
+                        admitted.add(n)
+            if name not in admitted and len(admitted) < self.cap:
+                with self._file.open("a") as f:
+                    f.write(json.dumps([tenant, name]) + "\n")
+                admitted.add(name)
+        return admitted
+
+    def share(self, file: Path) -> None:
+        """Admit through `file` from now on; the values this process admitted so far go there first."""
+        if self._file == file:
+            return
+        self._file = file
+        for tenant, names in self._admitted.items():
+            for name in sorted(names):
+                names |= self._admit_shared(tenant, name)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def capped_by_name(items: Iterable[tuple[str, str, float]], cap: int) -> dict[tuple[str, str], float]:
+    """(tenant, name, value) rows with at most `cap` names per tenant, the alphabetically first (the
+    same in every process reading the same rows); the others are folded into OTHER, taking the max."""
+    by_tenant: dict[str, dict[str, float]] = {}
+    for tenant, name, value in items:
+        by_tenant.setdefault(tenant, {})[name] = value
+    out: dict[tuple[str, str], float] = {}
+    for tenant, values in by_tenant.items():
+        for i, name in enumerate(sorted(values)):
+            if i < cap:
+                out[(tenant, name)] = values[name]
+            else:
+                out[(tenant, OTHER)] = max(out.get((tenant, OTHER), 0.0), values[name])
+    return out
+
 
 class Tally:
     """A counter kept as plain sums by label set and read by an OpenTelemetry observable counter
@@ -68,10 +165,12 @@ class Histogram:
     """A latency histogram bucketed in this process and rendered into the Prometheus registry,
     for the same reason as `Tally`: one is recorded per job and per request."""
 
-    def __init__(self, name: str, description: str) -> None:
+    def __init__(self, name: str, description: str, *, unlabelled: bool = False) -> None:
         self.name = name
         self.description = description
         self._series: dict[LabelKey, list[float]] = {}  # bucket counts, then +Inf, then the sum
+        if unlabelled:  # its one series exists before the first record, so rate() has data
+            self._series[()] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
 
     def record(self, value: float, labels: Mapping[str, str] | None = None) -> None:
         key = tuple(labels.items()) if labels else ()
@@ -112,6 +211,8 @@ class Metrics:
         # Deployments with very many tenants drop the tenant label to bound the series count.
         self._tenant_label = tenant_label
         self._stats: Stats | None = None
+        self._stats_at = time.monotonic()  # of the last refresh; before the first, of the start
+        self.queue_labels = LabelCap(QUEUE_LABELS_PER_TENANT)
         self.registry = CollectorRegistry(auto_describe=True)
         self._reader = PrometheusMetricReader(registry=self.registry)
         self._histograms = _Histograms()
@@ -141,31 +242,57 @@ class Metrics:
         self.events_pruned = Tally(m, "orch_events_pruned", "Events deleted by retention")
         self.webhook_deliveries = Tally(m, "orch_webhook_deliveries", "Webhook delivery attempts by outcome")
         self.service_restarts = Tally(m, "orch_service_restarts", "Background services restarted after a crash")
+        self.jobs_pruned = Tally(m, "orch_jobs_pruned", "Finished jobs deleted by retention, by final state")
+        for state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.DEAD):
+            self.jobs_pruned.add(0, {"state": state.value})
+        # Seconds since the most overdue finished job fell due, as the pruner last saw it; the
+        # processes not holding the pruning lock report 0.
+        self.job_retention_lag = 0.0
+        self.observe_gauge(
+            "orch_job_retention_lag_seconds",
+            "How long the most overdue finished job has been past its retention",
+            lambda: self.job_retention_lag,
+        )
+        # Series with known label values exist from the start, so rate() has data before the first event.
         for outcome in ("delivered", "failed", "parked"):
-            self.webhook_deliveries.add(0, {"outcome": outcome})  # the series exist before the first delivery
+            self.webhook_deliveries.add(0, {"outcome": outcome})
+        for via in ("poll", "stream", "consumer"):
+            self.events_served.add(0, {"via": via})
         self.queue_wait = self._histogram("orch_queue_wait_seconds", "Ready (run_at) to leased, per lease")
         self.run_time = self._histogram("orch_run_time_seconds", "Leased to finished")
         self.end_to_end = self._histogram("orch_end_to_end_seconds", "Submitted to finished (succeeded or dead)")
         self._db_gauges(m)
         # Counters without labels start at zero, so their series exist before the first event.
-        for counter in (self.fencing_rejections, self.listen_reconnects, self.jobs_reaped, self.jobs_promoted):
+        # (orch_service_restarts_total's zero has no labels: the services are named when they crash.)
+        for counter in (
+            self.fencing_rejections,
+            self.listen_reconnects,
+            self.jobs_reaped,
+            self.jobs_promoted,
+            self.jobs_released,
+            self.events_pruned,
+            self.service_restarts,
+        ):
             counter.add(0)
         self.http_duration = self._histogram("orch_http_request_duration_seconds", "HTTP requests by route and status")
         self.lease_statement = self._histogram(
-            "orch_lease_statement_duration_seconds", "One lease attempt against the database"
+            "orch_lease_statement_duration_seconds", "One lease attempt against the database", unlabelled=True
         )
-        self.long_poll_wait = self._histogram("orch_long_poll_wait_seconds", "Time a lease request waited")
+        self.long_poll_wait = self._histogram(
+            "orch_long_poll_wait_seconds", "Time a lease request waited", unlabelled=True
+        )
         self.webhook_duration = self._histogram(
-            "orch_webhook_delivery_duration_seconds", "One webhook POST, answered or not"
+            "orch_webhook_delivery_duration_seconds", "One webhook POST, answered or not", unlabelled=True
         )
 
-    def _histogram(self, name: str, description: str) -> Histogram:
-        h = Histogram(name, description)
+    def _histogram(self, name: str, description: str, *, unlabelled: bool = False) -> Histogram:
+        h = Histogram(name, description, unlabelled=unlabelled)
         self._histograms.all.append(h)
         return h
 
     def labels(self, tenant_id: str, queue: str) -> dict[str, str]:
-        return {"tenant": tenant_id, "queue": queue} if self._tenant_label else {"queue": queue}
+        q = self.queue_labels.value(tenant_id, queue)
+        return {"tenant": tenant_id, "queue": q} if self._tenant_label else {"queue": q}
 
     def leased(self, jobs: Sequence[LeasedJob]) -> None:
         for job in jobs:
@@ -191,6 +318,7 @@ class Metrics:
 
     def set_stats(self, stats: Stats) -> None:
         self._stats = stats
+        self._stats_at = time.monotonic()
 
     def _db_gauges(self, m: Meter) -> None:
         def jobs(_o: CallbackOptions) -> Iterable[Observation]:
@@ -238,18 +366,27 @@ class Metrics:
         m.create_observable_gauge("orch_db_tenant_weight", [weights], description="Fair-share weight per tenant")
 
         def lags(_o: CallbackOptions) -> Iterable[Observation]:
-            for b in self._stats.consumer_lags if self._stats else ():
-                yield Observation(b.events, {"tenant": b.tenant_id, "consumer": b.name})
+            rows = ((b.tenant_id, b.name, b.events) for b in (self._stats.consumer_lags if self._stats else ()))
+            for (tenant, name), events in capped_by_name(rows, CONSUMER_LABELS_PER_TENANT).items():
+                yield Observation(events, {"tenant": tenant, "consumer": name})
 
         def backlogs(_o: CallbackOptions) -> Iterable[Observation]:
-            for b in self._stats.webhook_backlogs if self._stats else ():
-                yield Observation(b.events, {"tenant": b.tenant_id, "webhook": b.name})
+            rows = ((b.tenant_id, b.name, b.events) for b in (self._stats.webhook_backlogs if self._stats else ()))
+            for (tenant, name), events in capped_by_name(rows, WEBHOOK_LABELS_PER_TENANT).items():
+                yield Observation(events, {"tenant": tenant, "webhook": name})
+
+        def stats_age(_o: CallbackOptions) -> Iterable[Observation]:
+            yield Observation(time.monotonic() - self._stats_at)
 
         m.create_observable_gauge(
             "orch_db_consumer_lag_events", [lags], description="Events a durable consumer has not acknowledged"
         )
         m.create_observable_gauge(
             "orch_db_webhook_backlog_events", [backlogs], description="Events a webhook endpoint has yet to receive"
+        )
+        # The orch_db_* figures freeze when the database cannot be read: this says how old they are.
+        m.create_observable_gauge(
+            "orch_db_stats_age_seconds", [stats_age], unit="s", description="Age of the orch_db_* figures"
         )
 
     def observe_gauge(self, name: str, description: str, read: Callable[[], float]) -> None:
