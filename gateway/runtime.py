@@ -9,6 +9,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 
@@ -16,7 +17,7 @@ from core import Backoff, Settings
 from notifier import Notifier
 
 from .keycache import SecretCache
-from .telemetry.metrics import Metrics
+from .telemetry.metrics import QUEUE_LABELS_FILE, Metrics
 from .telemetry.tracing import Tracing
 
 log = logging.getLogger("orchestrator.gateway")
@@ -72,6 +73,9 @@ class Runtime:
         self.settings = settings
         self.pool = pool
         self.metrics = Metrics(tenant_label=settings.metrics_tenant_label)
+        if settings.metrics_dir is not None:
+            # The processes behind one port agree on which queue names get a label from the start.
+            self.metrics.queue_labels.share(Path(settings.metrics_dir) / QUEUE_LABELS_FILE)
         self.key_secrets = SecretCache()
         self.tracing = Tracing(settings.traces)
         self.due = DueHint()

@@ -295,8 +295,14 @@ def worker_pids(gw: GatewayProcess) -> set[int]:
     """The gateway processes `serve --workers N` started (uvicorn spawns them; its resource tracker is no gateway)."""
     import psutil
 
-    children = psutil.Process(gw.proc.pid).children(recursive=True)
-    return {c.pid for c in children if "spawn_main" in " ".join(c.cmdline())}
+    pids = set()
+    for child in psutil.Process(gw.proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue  # killed, not yet reaped
+    return pids
 
 
 async def submit_until_every_process_served(

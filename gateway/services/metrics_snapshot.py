@@ -10,9 +10,9 @@ from pathlib import Path
 
 from ..runtime import Runtime
 from ..telemetry import merge
+from ..telemetry.metrics import QUEUE_LABELS_FILE
 
 SNAPSHOT_SECONDS = 1.0
-QUEUE_LABELS_FILE = "queue-labels.jsonl"
 
 # Runtimes whose figures are retired (the process is stopping): they write no snapshot any more,
 # or their figures would count twice.

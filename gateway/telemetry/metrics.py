@@ -206,6 +206,10 @@ class _Histograms(Collector):
             yield h.metric()
 
 
+# In the folder shared by the processes behind one port: the queue names admitted to a label.
+QUEUE_LABELS_FILE = "queue-labels.jsonl"
+
+
 class Metrics:
     def __init__(self, *, tenant_label: bool = True) -> None:
         # Deployments with very many tenants drop the tenant label to bound the series count.
