@@ -76,6 +76,7 @@ def _handler(mode: str, report: AgentReport) -> Handler:
         t = payload.get("t")
         if isinstance(t, int):
             latencies.append(started - t)
+            report.starts_ns.append(started)
 
     async def noop(payload: dict[str, Any]) -> None:
         report.handled += 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from ._config import PHASES, Config, quick
+from ._config import OPTIONAL_PHASES, PHASES, Config, quick
 from ._infra import CHILDREN, BenchError, PgServer
 from ._protocol import loop_factory
 from ._report import Result, load, machine_info, median_of, render, save, targets, timestamp
@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--phases",
-        help=f"comma-separated, of {', '.join(PHASES)} (default: all of them; with --compare: none of them)",
+        help=f"comma-separated, of {', '.join(PHASES + OPTIONAL_PHASES)} (default: all but "
+        f"{', '.join(OPTIONAL_PHASES)}; with --compare: none of them)",
     )
     p.add_argument(
         "--compare",
@@ -75,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--leases", type=int, help=f"sequential leases timed (default {d.leases}, quick: 200)")
     g.add_argument("--scale-finished", type=int, help=f"default {d.scale_finished:,} (quick: 100,000)")
     g.add_argument("--scale-waiting", type=int, help=f"default {d.scale_waiting:,} (quick: 10,000)")
+    g = p.add_argument_group("soak")
+    g.add_argument("--soak-seconds", type=float, default=d.soak_seconds, help="how long the steady load runs")
+    g.add_argument("--soak-rate", type=float, default=d.soak_rate, help="jobs per second submitted (and drained)")
+    g.add_argument(
+        "--soak-retain",
+        type=int,
+        default=d.soak_retain_seconds,
+        help="seconds finished jobs and events are kept (ORCH_RETAIN_SUCCEEDED_SECONDS, ORCH_EVENT_RETENTION_SECONDS)",
+    )
+    g.add_argument("--soak-workers", type=int, default=d.soak_workers, help="worker processes (concurrency 100 each)")
     p.add_argument("--profile", action="store_true", help="record the drain with py-spy (when installed)")
     p.add_argument(
         "--db-setting",
@@ -96,7 +107,7 @@ def _config(args: argparse.Namespace) -> Config:
         phases = () if args.compare else PHASES
     else:
         phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
-    unknown = set(phases) - set(PHASES)
+    unknown = set(phases) - set(PHASES + OPTIONAL_PHASES)
     if unknown:
         raise SystemExit(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if not 1 <= args.drain_concurrency <= 100:
@@ -124,6 +135,10 @@ def _config(args: argparse.Namespace) -> Config:
         profile=args.profile,
         db_settings=tuple(args.db_setting),
         burst=args.burst,
+        soak_seconds=args.soak_seconds,
+        soak_rate=args.soak_rate,
+        soak_retain_seconds=args.soak_retain,
+        soak_workers=args.soak_workers,
     )
     cfg = quick(base) if args.quick else base
     sizes = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgspec
 
 PHASES = ("latency", "throughput", "memory", "trigger", "poll", "scale")
+# Run only when --phases names them.
+OPTIONAL_PHASES = ("soak",)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,6 +34,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     scale_finished: int = 1_000_000
     scale_waiting: int = 100_000
     background_tenants: int = 20
+    # soak: a steady submit-and-drain load with finished jobs and events kept `soak_retain_seconds`
+    soak_seconds: float = 120.0
+    soak_rate: float = 1000.0
+    soak_retain_seconds: int = 5
+    soak_workers: int = 2
     profile: bool = False
     # Drain without ANALYZE first: with plans the gateways cached while the table was small.
     burst: bool = False

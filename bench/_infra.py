@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -197,6 +198,7 @@ class Gateway:
         workers: int,
         notifier: bool = True,
         safety_poll_seconds: float | None = None,
+        extra: Mapping[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -208,6 +210,7 @@ class Gateway:
         env["ORCH_NOTIFIER"] = "on" if notifier else "off"
         if safety_poll_seconds is not None:
             env["ORCH_SAFETY_POLL_SECONDS"] = str(safety_poll_seconds)
+        env.update(extra or {})
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
         cmd = [command("orchestrator"), "serve", "--port", str(self.port), "--workers", str(workers)]
         self.proc = subprocess.Popen(
@@ -296,6 +299,9 @@ class Admin:
 # --- worker agents ------------------------------------------------------------------------
 
 
+REPORT_LINE_LIMIT = 256 * 1024 * 1024
+
+
 class Agent:
     """One worker process (`python -m bench._agent`, or `bench._pgq_agent` for pgqueuer): ready → go →
     stop, with a report at the end."""
@@ -321,6 +327,8 @@ class Agent:
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             start_new_session=True,
+            # The report is one line; a soak's holds two numbers for each of many thousand jobs.
+            limit=REPORT_LINE_LIMIT,
         )
         CHILDREN.add(proc)
         agent = cls(proc, log, config.name)
@@ -349,8 +357,12 @@ class Agent:
         line = await self._read_line(timeout)
         try:
             report = msgspec.json.decode(line, type=AgentReport)
-        except msgspec.DecodeError:
-            raise BenchError(f"agent {self.name} gave no report ({line[:200]!r}):\n{_tail(self._log)}") from None
+        except msgspec.DecodeError as exc:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)  # so its last words are in the log
+            raise BenchError(
+                f"agent {self.name} gave no report ({exc}; {len(line):,} bytes: {line[:200]!r}):\n{_tail(self._log)}"
+            ) from None
         await self._reap()
         return report
 

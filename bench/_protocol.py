@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -34,6 +35,7 @@ class AgentReport(msgspec.Struct, kw_only=True):
     name: str
     handled: int = 0
     latencies_ns: list[int] = []
+    starts_ns: list[int] = []  # when each job of latencies_ns started (wall clock)
     lease_calls: int = 0
     lease_nonempty: int = 0
     leased: int = 0
@@ -63,6 +65,8 @@ async def stdin_lines() -> asyncio.StreamReader:
 
 
 def say(line: bytes) -> None:
+    # The event loop's pipes may have left stdout non-blocking, and a soak's report is megabytes.
+    os.set_blocking(sys.stdout.fileno(), True)
     sys.stdout.buffer.write(line + b"\n")
     sys.stdout.buffer.flush()
 

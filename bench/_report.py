@@ -347,6 +347,12 @@ def render(result: Result) -> str:
                 ],
             )
         )
+    so = result.get("soak")
+    if so:
+        from ._soak import soak_lines
+
+        out.append("")
+        out.extend(soak_lines(so))
     prof = result.get("profile")
     if prof:
         out.append("")

@@ -7,6 +7,7 @@ from ._memory import parked_long_polls
 from ._report import Result, ratios
 from ._scale import seed
 from ._session import Session
+from ._soak import soak
 from ._throughput import event_trigger_cost, throughput
 
 
@@ -44,4 +45,7 @@ async def run(s: Session) -> Result:
         loaded["submit_jobs_per_s"] = tp["submit_jobs_per_s"]
         loaded["drain_jobs_per_s"] = tp["drain_jobs_per_s"]
         res["scale"] = {"seed": seeded, "empty": empty, "loaded": loaded, "ratios": ratios(empty, loaded)}
+    if "soak" in phases:
+        # Last: its gateway keeps finished jobs and events for seconds only.
+        res["soak"] = await soak(s)
     return res

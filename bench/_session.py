@@ -155,7 +155,7 @@ class Session:
                 await p.close()
         self.producers = []
 
-    async def start_gateway(self, *, notifier: bool) -> None:
+    async def start_gateway(self, *, notifier: bool, env: dict[str, str] | None = None) -> None:
         had_producers = bool(self.producers)
         await self._close_producers()
         if self.gateway is not None:
@@ -168,6 +168,7 @@ class Session:
             workers=cfg.gateway_workers,
             notifier=notifier,
             safety_poll_seconds=cfg.safety_poll_seconds,
+            extra=env,
         )
         self.gateway = gw
         await gw.wait_ready()

@@ -64,6 +64,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     retain_cancelled_seconds: int | None = 7 * 86_400
     retain_dead_seconds: int | None = 30 * 86_400
     job_prune_interval_seconds: float = 10.0
+    # Where the LISTEN connection goes (None: database_url). Behind a transaction-mode pooler
+    # such as PgBouncer it must reach PostgreSQL directly: LISTEN does not survive the pooling.
+    listen_url: str | None = None
+    # asyncpg's cache of named prepared statements; off behind a pooler that cannot keep them
+    # (PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
+    db_statement_cache: bool = True
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -160,4 +166,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         retain_cancelled_seconds=_retention(env, "RETAIN_CANCELLED_SECONDS", d.retain_cancelled_seconds),
         retain_dead_seconds=_retention(env, "RETAIN_DEAD_SECONDS", d.retain_dead_seconds),
         job_prune_interval_seconds=_float(env, "JOB_PRUNE_INTERVAL_SECONDS", d.job_prune_interval_seconds),
+        listen_url=env.get(PREFIX + "LISTEN_URL") or None,
+        db_statement_cache=_flag(env, "DB_STATEMENT_CACHE"),
     )

@@ -14,7 +14,7 @@ HEADER_NONCE = "X-Nonce"
 HEADER_SIGNATURE = "X-Signature"
 MAX_SKEW_SECONDS = 300
 
-NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}\Z")
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 

@@ -15,12 +15,15 @@ from msgspec import Meta, Struct
 
 from .states import EventType, JobState
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+# Patterns end in `(?!\n)$`: a bare `$` also matches before a final newline ("q1\n").
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}(?!\n)$"
 QUEUE_RE = re.compile(NAME_PATTERN)
 Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 Priority = Annotated[int, Meta(ge=-1000, le=1000)]
 MaxAttempts = Annotated[int, Meta(ge=1, le=100)]
-JobIdStr = Annotated[str, Meta(pattern=r"^[0-9]{1,19}$")]
+# Fencing tokens are PostgreSQL bigints.
+LeaseToken = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+JobIdStr = Annotated[str, Meta(pattern=r"^[0-9]{1,19}(?!\n)$")]
 UtcTime = Annotated[datetime, Meta(tz=True)]
 BackoffMs = Annotated[int, Meta(ge=0, le=7 * 86_400_000)]
 MAX_BATCH = 1000
@@ -106,14 +109,19 @@ class LeaseRequest(_Request, frozen=True):
     max_jobs: Annotated[int, Meta(ge=1, le=100)] = 1
     wait_ms: Annotated[int, Meta(ge=0, le=60_000)] = 30_000
     lease_seconds: Annotated[int, Meta(ge=1, le=3600)] = 30
+    # Outcomes of earlier jobs, acknowledged before leasing (as POST /v1/workers/ack would), so
+    # a busy worker makes one request per batch.
+    complete: Annotated[list[AckComplete], Meta(max_length=MAX_BATCH)] = []
+    fail: Annotated[list[AckFail], Meta(max_length=MAX_BATCH)] = []
 
 
 class LeaseResponse(_Response, frozen=True):
     jobs: list[LeasedJob]
+    results: list[AckResult] = []  # one per acknowledgement the request carried
 
 
 class Heartbeat(_Request, frozen=True):
-    lease_token: int
+    lease_token: LeaseToken
     extend_seconds: Annotated[int, Meta(ge=1, le=3600)] | None = None
 
 
@@ -123,12 +131,12 @@ class HeartbeatResponse(_Response, frozen=True):
 
 
 class Complete(_Request, frozen=True):
-    lease_token: int
+    lease_token: LeaseToken
     result: Any = None
 
 
 class Fail(_Request, frozen=True):
-    lease_token: int
+    lease_token: LeaseToken
     error: Annotated[str, Meta(max_length=65_536)]
     retryable: bool = True
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
@@ -138,13 +146,13 @@ class Fail(_Request, frozen=True):
 
 class AckComplete(_Request, frozen=True):
     id: JobIdStr
-    lease_token: int
+    lease_token: LeaseToken
     result: Any = None
 
 
 class AckFail(_Request, frozen=True):
     id: JobIdStr
-    lease_token: int
+    lease_token: LeaseToken
     error: Annotated[str, Meta(max_length=65_536)]
     retryable: bool = True
     retry_in_ms: Annotated[int, Meta(ge=0, le=366 * 86_400_000)] | None = None
@@ -323,7 +331,7 @@ class ScheduleList(_Response, frozen=True):
 # --- event stream, consumers, webhooks -----------------------------------------------------
 
 # An event's position: "<xid>-<id>", opaque to clients (docs/events.md).
-CURSOR_PATTERN = r"^[0-9]{1,20}-[0-9]{1,19}$"
+CURSOR_PATTERN = r"^[0-9]{1,20}-[0-9]{1,19}(?!\n)$"
 CursorStr = Annotated[str, Meta(min_length=3, max_length=40, pattern=CURSOR_PATTERN)]
 
 
@@ -359,7 +367,7 @@ WebhookUrl = Annotated[str, Meta(min_length=1, max_length=2048)]
 class WebhookCreate(_Request, frozen=True):
     url: WebhookUrl
     event_types: Annotated[list[EventType], Meta(max_length=len(EventType))] = []  # empty: every type
-    secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")] | None = None
+    secret: Annotated[str, Meta(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+(?!\n)$")] | None = None
 
 
 class Webhook(_Response, frozen=True):
@@ -415,3 +423,102 @@ class RetentionPolicyOut(_Response, frozen=True):
     cancelled_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
     dead_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
     effective: Retention = Retention()
+
+
+# --- operator: listings across tenants -----------------------------------------------------
+
+
+class ApiKeyInfo(_Response, frozen=True):
+    """A key as the operator lists it: never its secret."""
+
+    key_id: str
+    tenant_id: str
+    created_at: datetime
+    revoked: bool
+    revoked_at: datetime | None = None
+
+
+class ApiKeyList(_Response, frozen=True):
+    keys: list[ApiKeyInfo]
+
+
+class AdminJob(Job, frozen=True):
+    """A job as the operator sees it: with the worker that leased it last, and its lease while running."""
+
+    worker_id: str | None = None
+    lease_token: int | None = None
+    lease_expires_at: datetime | None = None
+
+
+class AdminJobList(_Response, frozen=True):
+    jobs: list[AdminJob]
+    next: str | None = None
+
+
+class JobDetail(_Response, frozen=True):
+    job: AdminJob
+    events: list[Event]  # oldest first; those that event retention pruned are gone
+    events_truncated: bool = False  # only the newest MAX_JOB_EVENTS are listed
+
+
+MAX_JOB_EVENTS = 1000
+
+
+class TenantDeleted(_Response, frozen=True):
+    """What deleting a tenant removed, by kind."""
+
+    tenant_id: str
+    jobs: int
+    running_jobs: int
+    keys: int
+    schedules: int
+    webhooks: int
+    consumers: int
+    events: int
+
+
+class WorkerInfo(_Response, frozen=True):
+    """A worker id that holds leases now."""
+
+    worker_id: str
+    leases: int
+    expired: int  # leases past their expiry that the reaper has not taken back yet
+    tenants: list[str]
+    queues: list[str]
+    last_leased_at: datetime
+    next_expiry_at: datetime
+
+
+class WorkerList(_Response, frozen=True):
+    workers: list[WorkerInfo]
+
+
+class AdminScheduleList(_Response, frozen=True):
+    schedules: list[Schedule]
+    next: str | None = None
+
+
+class TenantWebhook(Webhook, frozen=True):
+    tenant_id: str = ""
+
+
+class TenantWebhookList(_Response, frozen=True):
+    webhooks: list[TenantWebhook]
+    next: str | None = None
+
+
+class QueueInfo(_Response, frozen=True):
+    """A tenant's queue: paused, or holding open or dead jobs."""
+
+    tenant_id: str
+    queue: str
+    paused: bool
+    scheduled: int
+    ready: int
+    running: int
+    dead: int
+    oldest_ready_seconds: float | None = None
+
+
+class QueueList(_Response, frozen=True):
+    queues: list[QueueInfo]

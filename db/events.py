@@ -63,7 +63,7 @@ class Cursor(NamedTuple):
     @classmethod
     def parse(cls, text: str) -> Cursor | None:
         """The cursor `text` encodes, or None when it is not one."""
-        m = _CURSOR.match(text)
+        m = _CURSOR.fullmatch(text)
         if m is None:
             return None
         xid, id_ = int(m.group(1)), int(m.group(2))

@@ -29,11 +29,19 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+def _cache_size(statement_cache: bool) -> int:
+    # Off, every statement is unnamed and parsed again with its execution, so none outlives the
+    # transaction, as a transaction-mode pooler without prepared statements (PgBouncer < 1.21)
+    # requires; PostgreSQL then plans each on every call.
+    return 100 if statement_cache else 0
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, statement_cache: bool = True) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        statement_cache_size=_cache_size(statement_cache),
         init=init_connection,
         # Nothing leaves session state on pool connections (LISTEN has its own connection;
         # advisory locks are transaction-level but for the webhook publisher's, which it unlocks
@@ -49,7 +57,13 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
     return pool
 
 
-async def connect(dsn: str, *, application_name: str = "orchestrator") -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, server_settings={"application_name": application_name})
+async def connect(
+    dsn: str, *, application_name: str = "orchestrator", statement_cache: bool = True
+) -> asyncpg.Connection:
+    conn = await asyncpg.connect(
+        dsn,
+        statement_cache_size=_cache_size(statement_cache),
+        server_settings={"application_name": application_name},
+    )
     await init_connection(conn)
     return conn

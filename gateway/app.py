@@ -16,8 +16,7 @@ from typing import Any
 
 from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
 import db
 from core import Settings, load_settings
@@ -25,6 +24,7 @@ from core import Settings, load_settings
 from . import errors
 from .leasing import Leaser
 from .routes import ROUTES
+from .routes._openapi import openapi_config
 from .runtime import Runtime, begin_drain_all
 from .services import services_for
 from .telemetry import logs
@@ -32,7 +32,7 @@ from .telemetry import logs
 log = logging.getLogger("orchestrator.gateway")
 
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 class SchemaMismatch(RuntimeError):
@@ -84,7 +84,17 @@ def _timing(app: ASGIApp) -> ASGIApp:
 
         rt: Runtime | None = getattr(scope["litestar_app"].state, "runtime", None)
         try:
-            if rt is None or not rt.tracing.enabled:
+            if "\x00" in scope["path"]:
+                # No id or name holds a NUL (and PostgreSQL's text cannot): it names nothing.
+                body = errors.problem_body(404, "no such resource")
+                start: HTTPResponseStartEvent = {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/problem+json"), (b"content-length", b"%d" % len(body))],
+                }
+                await send_wrapper(start)
+                await send_wrapper({"type": "http.response.body", "body": body, "more_body": False})
+            elif rt is None or not rt.tracing.enabled:
                 await app(scope, receive, send_wrapper)
             else:
                 await rt.tracing.serve(app, scope, receive, send_wrapper)
@@ -109,7 +119,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        pool = await db.create_pool(dsn, min_size=cfg.pool_min, max_size=cfg.pool_max)
+        pool = await db.create_pool(
+            dsn, min_size=cfg.pool_min, max_size=cfg.pool_max, statement_cache=cfg.db_statement_cache
+        )
         try:
             async with pool.acquire() as conn:
                 problem = db.schema_status(await db.current_revision(conn))
@@ -134,7 +146,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={Exception: errors.handle},
         request_max_body_size=cfg.max_body_bytes,
-        openapi_config=OpenAPIConfig(
+        openapi_config=openapi_config(
             title="Job Orchestrator",
             version="1",
             description="Multi-tenant job orchestrator on PostgreSQL: signed workers, fenced leases, ordered events.",

@@ -85,9 +85,7 @@ def db_down(exc: BaseException) -> bool:
     return False
 
 
-def problem(
-    status: int, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None
-) -> Response[Any]:
+def problem_body(status: int, detail: str, field: str | None = None) -> bytes:
     body = Problem(
         type=f"https://job-orchestrator.dev/problems/{status}",
         title=TITLES.get(status, "Error"),
@@ -95,8 +93,14 @@ def problem(
         detail=detail,
         field=field,
     )
+    return msgspec.json.encode(body)
+
+
+def problem(
+    status: int, detail: str, *, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response[Any]:
     return Response(
-        content=msgspec.json.encode(body),
+        content=problem_body(status, detail, field),
         status_code=status,
         media_type="application/problem+json",
         headers=headers,
@@ -116,6 +120,8 @@ def _from_validation(exc: ValidationException) -> Response[Any]:
     for item in extra:
         if not isinstance(item, dict):
             continue
+        if item.get("key") == "data":  # no body at all where one is required
+            return problem(400, "the request body is empty: send a JSON object")
         message = str(item.get("message", ""))
         if "malformed" in message.lower() or "invalid json" in message.lower() or "truncated" in message.lower():
             return problem(400, f"the body is not valid JSON: {message}")
@@ -153,6 +159,17 @@ def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         return _from_validation(exc)
     if isinstance(exc, HTTPException):
         return problem(exc.status_code, exc.detail, headers=exc.headers)
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        # What the request refers to went away meanwhile (a tenant being deleted, say).
+        log.info("a reference broke in %s %s: %s", request.method, request.scope["path"], exc)
+        return problem(404, "what this request refers to no longer exists")
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        log.info("a unique value was taken in %s %s: %s", request.method, request.scope["path"], exc)
+        return problem(409, "a value that must be unique is taken")
+    if isinstance(exc, asyncpg.CheckViolationError):
+        # A value the database's own rules refuse: input the validation let through.
+        log.info("a value broke a rule of the database in %s %s: %s", request.method, request.scope["path"], exc)
+        return problem(422, "a value in the request is not allowed here")
     if isinstance(exc, asyncpg.DataError):
         # Input that passed validation but that PostgreSQL cannot store. Its text names server
         # internals, so it goes to the log, not to the client.

@@ -80,7 +80,7 @@ class Runtime:
         self.tracing = Tracing(settings.traces)
         self.due = DueHint()
         self.notifier = Notifier(
-            dsn,
+            settings.listen_url or dsn,
             pool,
             safety_poll_seconds=settings.safety_poll_seconds,
             enabled=settings.notifier_enabled,

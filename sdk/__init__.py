@@ -4,13 +4,28 @@ Usable without the server packages: it needs only `core` (wire types, signing), 
 msgspec.
 """
 
-from core.wire import AckComplete, AckFail, Consumer, Event, EventPage, Job, JobSubmit, LeasedJob, Webhook
+from core.wire import (
+    AckComplete,
+    AckFail,
+    Consumer,
+    Event,
+    EventPage,
+    Job,
+    JobSubmit,
+    LeasedJob,
+    Schedule,
+    Tenant,
+    TenantCreated,
+    Webhook,
+)
 
+from ._admin import AdminClient
 from ._errors import (
     ApiError,
     Cancel,
     Conflict,
     Forbidden,
+    Gone,
     InvalidRequest,
     NotFound,
     Retry,
@@ -19,17 +34,20 @@ from ._errors import (
     TransportError,
     Unauthorized,
     Unavailable,
+    WaitTimeout,
 )
-from ._events import ConsumerClient, EventsClient, Gone, verify_webhook
+from ._events import ConsumerClient, EventsClient, verify_webhook
 from ._outcome import Handler, Outcome, current_job
 from ._producer import ProducerClient
 from ._runner import WorkerRunner
 from ._sync import SyncProducerClient
+from ._tasks import Task, Tasks
 from ._worker import WorkerClient
 
 __all__ = [
     "AckComplete",
     "AckFail",
+    "AdminClient",
     "ApiError",
     "Cancel",
     "Conflict",
@@ -49,12 +67,18 @@ __all__ = [
     "Outcome",
     "ProducerClient",
     "Retry",
+    "Schedule",
     "SdkError",
     "Snooze",
     "SyncProducerClient",
+    "Task",
+    "Tasks",
+    "Tenant",
+    "TenantCreated",
     "TransportError",
     "Unauthorized",
     "Unavailable",
+    "WaitTimeout",
     "Webhook",
     "WorkerClient",
     "WorkerRunner",

@@ -1,4 +1,5 @@
-"""Batched acknowledgements: outcomes go to `POST /v1/workers/ack` many at a time."""
+"""Batched acknowledgements: outcomes go to the gateway many at a time, on the worker's next
+lease when one goes out first (`take_for_lease`), else to `POST /v1/workers/ack`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from core.wire import AckComplete, AckFail, LeasedJob
+from core.wire import AckComplete, AckFail, AckResult, LeasedJob
 
 from ._backoff import retry_delay_s
 from ._errors import ApiError, Forbidden, InvalidRequest, SdkError, Unauthorized, is_transient
@@ -127,10 +128,30 @@ class AckBatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), wait)
             batch = self._take()
+            if not batch:  # a lease took them meanwhile
+                continue
             try:
                 await self._send(batch)
             except Exception:
                 log.exception("worker %s: unexpected error while reporting outcomes", self._name)
+
+    def take_for_lease(self) -> list[_Pending]:
+        """The outcomes waiting, for a lease to carry; give them back with `requeue` if it fails."""
+        return self._take() if self._pending and not self._closing else []
+
+    def requeue(self, batch: list[_Pending]) -> None:
+        """Outcomes a lease carried but may not have delivered: sent again (a repeat is harmless)."""
+        if batch:
+            self._pending[:0] = batch
+            self._wakeup.set()
+            if len(self._pending) >= self._batch_size:
+                self._full.set()
+
+    def delivered(self, batch: Sequence[_Pending], results: Sequence[AckResult]) -> None:
+        """A lease delivered `batch`; `results` are the gateway's answers for them."""
+        self.batches_sent += 1
+        self.items_sent += len(batch)
+        self._log_refusals(results)
 
     def _take(self) -> list[_Pending]:
         size = 0
@@ -180,9 +201,12 @@ class AckBatcher:
                 continue
             self.batches_sent += 1
             self.items_sent += len(batch)
-            for r in resp.results:
-                if r.status == 409:
-                    log.warning("worker %s: job %s: lease lost, outcome refused", self._name, r.id)
-                elif r.status == 404:
-                    log.warning("worker %s: job %s: not found, outcome dropped", self._name, r.id)
+            self._log_refusals(resp.results)
             return
+
+    def _log_refusals(self, results: Sequence[AckResult]) -> None:
+        for r in results:
+            if r.status == 409:
+                log.warning("worker %s: job %s: lease lost, outcome refused", self._name, r.id)
+            elif r.status == 404:
+                log.warning("worker %s: job %s: not found, outcome dropped", self._name, r.id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from core.wire import Job
+
 
 class SdkError(Exception):
     """The orchestrator client could not do what was asked."""
@@ -43,6 +45,11 @@ class Conflict(ApiError):
     """409: a stale lease token, or a transition the job's state does not allow."""
 
 
+class Gone(ApiError):
+    """410: events after this cursor were pruned by retention; start again without a cursor
+    (or, for a consumer, delete and create it again)."""
+
+
 class Unavailable(ApiError):
     """503 (database unreachable) or 429 (rate limited): try again after `retry_after` seconds."""
 
@@ -58,6 +65,15 @@ class Unavailable(ApiError):
     ) -> None:
         super().__init__(status, detail, field=field, title=title, type=type)
         self.retry_after = retry_after
+
+
+class WaitTimeout(SdkError):
+    """The job did not finish in time; `job` is the job as it last stood."""
+
+    def __init__(self, job: Job, timeout_s: float) -> None:
+        self.job = job
+        self.timeout_s = timeout_s
+        super().__init__(f"job {job.id} is still {job.state} after {timeout_s:g} s")
 
 
 def is_transient(exc: BaseException) -> bool:

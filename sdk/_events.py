@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from functools import partial
 from types import TracebackType
 from typing import Literal, Self, TypeVar
-from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -19,50 +18,23 @@ from yarl import URL
 
 from core.numbers import parse_uint
 from core.signing import sign_headers, webhook_signature
-from core.states import EventType
-from core.wire import (
-    MAX_WAIT_MS,
-    Consumer,
-    ConsumerAck,
-    ConsumerCreate,
-    ConsumerList,
-    Event,
-    EventPage,
-    Webhook,
-    WebhookCreate,
-    WebhookList,
-)
+from core.wire import MAX_WAIT_MS, Consumer, Event, EventPage, Webhook
 
 from ._backoff import retry_delay_s
-from ._errors import ApiError, Conflict, SdkError, TransportError, is_transient
-from ._http import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, Query, Transport, _error, body_of
+from ._errors import ApiError, SdkError, TransportError, is_transient
+from ._http import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, Transport, _error
+from ._resources import Consumers, Webhooks
 
 T = TypeVar("T")
 
 _page = msgspec.json.Decoder(EventPage)
 _event = msgspec.json.Decoder(Event)
-_consumer = msgspec.json.Decoder(Consumer)
-_consumers = msgspec.json.Decoder(ConsumerList)
-_webhook = msgspec.json.Decoder(Webhook)
-_webhooks = msgspec.json.Decoder(WebhookList)
-_none = msgspec.json.Decoder(msgspec.Raw)
 
 # The server sends a keep-alive comment every 15 s by default; a stream silent for longer than
 # this is taken for dead and reopened.
 SSE_IDLE_TIMEOUT_S = 45.0
 
 Mode = Literal["poll", "sse"]
-
-
-class Gone(ApiError):
-    """410: events after this cursor were pruned by retention; start again without a cursor
-    (or, for a consumer, delete and create it again)."""
-
-
-def _converted(exc: ApiError) -> ApiError:
-    if exc.status == 410 and not isinstance(exc, Gone):
-        return Gone(exc.status, exc.detail, field=exc.field, title=exc.title, type=exc.type)
-    return exc
 
 
 def verify_webhook(
@@ -136,34 +108,16 @@ class EventsClient:
         self._http = Transport(url, api_key, timeout=timeout)
         self._sse_idle_timeout_s = sse_idle_timeout_s
         self.last_cursor: str | None = None  # the id of the last event `iter` handed out
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        decoder: msgspec.json.Decoder[T],
-        *,
-        query: Query | None = None,
-        body: bytes = b"",
-        timeout: float | None = None,
-    ) -> T:
-        try:
-            return await self._http.request(method, path, decoder, query=query, body=body, timeout=timeout)
-        except ApiError as exc:
-            raise _converted(exc) from None
-
-    async def _delete(self, path: str) -> None:
-        try:
-            await self._request("DELETE", path, _none)
-        except ApiError as exc:
-            if exc.status != 204:  # 204 has no body for the transport to decode
-                raise
+        self._consumers = Consumers(self._http)
+        self._webhooks = Webhooks(self._http)
 
     async def read(self, after: str | None = None, *, limit: int = 100, wait_ms: int = 0) -> EventPage:
         """One page of events after `after` (None: from the oldest retained event); with
         `wait_ms`, answered as soon as there is one. Pass `next` back as `after`."""
         query = {"after": after, "limit": limit, "wait_ms": wait_ms or None}
-        return await self._request("GET", "/v1/events", _page, query=query, timeout=wait_ms / 1000 + self._http.timeout)
+        return await self._http.request(
+            "GET", "/v1/events", _page, query=query, timeout=wait_ms / 1000 + self._http.timeout
+        )
 
     async def iter(
         self,
@@ -228,7 +182,7 @@ class EventsClient:
                 URL(http._origin + path, encoded=True), headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
                 if resp.status != 200:
-                    raise _converted(_error(resp.status, await resp.read(), resp.headers))
+                    raise _error(resp.status, await resp.read(), resp.headers)
                 async for message in _sse_messages(resp.content):
                     try:
                         event = _event.decode(message.data)
@@ -245,28 +199,27 @@ class EventsClient:
         return ConsumerClient(self, name)
 
     async def consumers(self) -> builtins.list[Consumer]:
-        return (await self._request("GET", "/v1/consumers", _consumers)).consumers
+        return await self._consumers.list()
 
     # --- webhooks --------------------------------------------------------------------------
 
     async def create_webhook(self, url: str, *, event_types: Sequence[str] = (), secret: str | None = None) -> Webhook:
         """Register an endpoint. Without `secret` one is generated and returned in `secret`,
         this once only."""
-        req = WebhookCreate(url=url, event_types=[EventType(t) for t in event_types], secret=secret)
-        return await self._request("POST", "/v1/webhooks", _webhook, body=body_of(req))
+        return await self._webhooks.create(url, event_types=event_types, secret=secret)
 
     async def webhooks(self) -> builtins.list[Webhook]:
-        return (await self._request("GET", "/v1/webhooks", _webhooks)).webhooks
+        return await self._webhooks.list()
 
     async def webhook(self, webhook_id: str) -> Webhook:
-        return await self._request("GET", f"/v1/webhooks/{quote(webhook_id, safe='')}", _webhook)
+        return await self._webhooks.get(webhook_id)
 
     async def resume_webhook(self, webhook_id: str) -> Webhook:
         """Unpark a parked endpoint; its next event is retried at once."""
-        return await self._request("POST", f"/v1/webhooks/{quote(webhook_id, safe='')}/resume", _webhook)
+        return await self._webhooks.resume(webhook_id)
 
     async def delete_webhook(self, webhook_id: str) -> None:
-        await self._delete(f"/v1/webhooks/{quote(webhook_id, safe='')}")
+        await self._webhooks.delete(webhook_id)
 
     async def close(self) -> None:
         await self._http.close()
@@ -284,43 +237,28 @@ class ConsumerClient:
     """A durable consumer: a position kept by the server, read from and moved by acknowledging."""
 
     def __init__(self, events: EventsClient, name: str) -> None:
-        self._events = events
+        self._consumers = events._consumers
         self.name = name
-        self._path = f"/v1/consumers/{quote(name, safe='')}"
 
     async def create(self, start: Literal["oldest", "latest"] = "oldest", *, exist_ok: bool = True) -> Consumer:
         """Create the consumer at the oldest retained event or at the latest; with `exist_ok`,
         an existing one is returned as it stands."""
-        body = body_of(ConsumerCreate(name=self.name, start=start))
-        try:
-            return await self._events._request("POST", "/v1/consumers", _consumer, body=body)
-        except Conflict:
-            if not exist_ok:
-                raise
-            return await self.get()
+        return await self._consumers.create(self.name, start, exist_ok=exist_ok)
 
     async def get(self) -> Consumer:
-        return await self._events._request("GET", self._path, _consumer)
+        return await self._consumers.get(self.name)
 
     async def read(self, *, limit: int = 100, wait_ms: int = 0) -> EventPage:
         """Events after the consumer's position; the position moves only by `ack`."""
-        query = {"limit": limit, "wait_ms": wait_ms or None}
-        return await self._events._request(
-            "GET",
-            self._path + "/events",
-            _page,
-            query=query,
-            timeout=wait_ms / 1000 + self._events._http.timeout,
-        )
+        return await self._consumers.read(self.name, limit=limit, wait_ms=wait_ms)
 
     async def ack(self, cursor: str) -> Consumer:
         """Move the position forward to `cursor` (an event's id or a page's `next`); an older
         cursor changes nothing."""
-        body = body_of(ConsumerAck(cursor=cursor))
-        return await self._events._request("POST", self._path + "/ack", _consumer, body=body)
+        return await self._consumers.ack(self.name, cursor)
 
     async def delete(self) -> None:
-        await self._events._delete(self._path)
+        await self._consumers.delete(self.name)
 
     async def iter(self, *, limit: int = 100, wait_ms: int = 30_000) -> AsyncGenerator[Event, None]:
         """Every event from the consumer's position on, without end. A page is acknowledged

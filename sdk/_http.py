@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -17,6 +18,7 @@ from ._errors import (
     ApiError,
     Conflict,
     Forbidden,
+    Gone,
     InvalidRequest,
     NotFound,
     TransportError,
@@ -38,6 +40,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    410: Gone,
     413: InvalidRequest,
     422: InvalidRequest,
 }
@@ -48,6 +51,19 @@ Query = Mapping[str, str | int | None]
 def body_of(request: msgspec.Struct) -> bytes:
     """Encode a request struct, leaving out fields that are None (the server's defaults apply)."""
     return _encoder.encode(_without_none(request))
+
+
+def patch_body_of(request: msgspec.Struct) -> bytes:
+    """Encode a patch: None leaves a field out, except where the field's default is UNSET,
+    there None is sent as null (it clears the value) and UNSET leaves it out."""
+    clearable = {f.name for f in msgspec.structs.fields(request) if f.default is msgspec.UNSET}
+    return _encoder.encode(
+        {
+            name: v
+            for name in request.__struct_fields__
+            if (v := getattr(request, name)) is not msgspec.UNSET and (v is not None or name in clearable)
+        }
+    )
 
 
 def _false_by_default(cls: type[msgspec.Struct]) -> frozenset[str]:
@@ -94,6 +110,18 @@ def job_path(job_id: str, action: str = "") -> str:
     return f"{path}/{action}" if action else path
 
 
+def add_trace_context(headers: dict[str, str]) -> None:
+    """Add the active OpenTelemetry span's context (W3C `traceparent`), so that a submit continues
+    the caller's trace into the gateway and its workers. OpenTelemetry is optional: where nothing
+    has imported it, no span can be active, and nothing is imported here either."""
+    if "opentelemetry.trace" not in sys.modules:
+        return
+    from opentelemetry import propagate, trace
+
+    if trace.get_current_span().get_span_context().is_valid:
+        propagate.inject(headers)
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -121,12 +149,15 @@ class Transport:
 
     def __init__(self, url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         split_api_key(api_key)  # fail early on a malformed key
+        self._api_key = api_key
+        self._setup(url, timeout)
+
+    def _setup(self, url: str, timeout: float) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"expected an http(s) URL, got {url!r}")
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
-        self._api_key = api_key
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -143,20 +174,17 @@ class Transport:
             await self._session.close()
             self._session = None
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        decoder: msgspec.json.Decoder[T],
-        *,
-        query: Query | None = None,
-        body: bytes = b"",
-        timeout: float | None = None,
-    ) -> T:
+    def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
+        return sign_headers(self._api_key, method, path_qs, body)
+
+    async def _send(
+        self, method: str, path: str, *, query: Query | None, body: bytes, timeout: float | None
+    ) -> tuple[int, bytes]:
         qs = query_string(query)
         path_qs = f"{self._prefix}{path}?{qs}" if qs else f"{self._prefix}{path}"
-        headers = sign_headers(self._api_key, method, path_qs, body)
+        headers = self._headers(method, path_qs, body)
         headers["Accept"] = "application/json"
+        add_trace_context(headers)
         if body:
             headers["Content-Type"] = "application/json"
         session = self._get_session()
@@ -177,7 +205,37 @@ class Transport:
             raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
         if not 200 <= status < 300:
             raise _error(status, raw, resp_headers)
+        return status, raw
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        decoder: msgspec.json.Decoder[T],
+        *,
+        query: Query | None = None,
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> T:
+        status, raw = await self._send(method, path, query=query, body=body, timeout=timeout)
         try:
             return decoder.decode(raw)
         except msgspec.MsgspecError as exc:
             raise ApiError(status, f"unexpected response body: {exc}") from exc
+
+    async def request_empty(self, method: str, path: str, *, body: bytes = b"") -> None:
+        """A request answered without a body (204)."""
+        await self._send(method, path, query=None, body=body, timeout=None)
+
+
+class BearerTransport(Transport):
+    """Sends requests with the operator's bearer token instead of a signature (`/v1/admin`)."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if not token or any(c.isspace() for c in token):
+            raise ValueError("the admin token must be a non-empty string without white space")
+        self._token = token
+        self._setup(url, timeout)
+
+    def _headers(self, method: str, path_qs: str, body: bytes) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from core.wire import LeasedJob
+from core.wire import AckComplete, AckFail, LeaseResponse
 
 from ._backoff import retry_delay_s
 from ._dispatch import NEVER, RunningJob
@@ -19,10 +19,22 @@ log = logging.getLogger("orchestrator.sdk")
 
 
 async def lease_or_stop(
-    client: WorkerClient, stop_signal: asyncio.Future[Any], *, max_jobs: int, wait_ms: int, lease_seconds: int
-) -> list[LeasedJob]:
-    """One long-poll for up to `max_jobs`; [] as soon as `stop_signal` is done."""
-    lease = asyncio.ensure_future(client.lease(max_jobs=max_jobs, wait_ms=wait_ms, lease_seconds=lease_seconds))
+    client: WorkerClient,
+    stop_signal: asyncio.Future[Any],
+    *,
+    max_jobs: int,
+    wait_ms: int,
+    lease_seconds: int,
+    complete: Sequence[AckComplete] = (),
+    fail: Sequence[AckFail] = (),
+) -> LeaseResponse | None:
+    """One long-poll for up to `max_jobs`, carrying these acknowledgements; None as soon as
+    `stop_signal` is done (the acknowledgements may or may not have been delivered)."""
+    lease = asyncio.ensure_future(
+        client.lease_and_ack(
+            max_jobs=max_jobs, wait_ms=wait_ms, lease_seconds=lease_seconds, complete=complete, fail=fail
+        )
+    )
     try:
         await asyncio.wait({lease, stop_signal}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -31,7 +43,7 @@ async def lease_or_stop(
             # leased in that instant is lost to us; its lease expires and it runs again.
             lease.cancel()
             await asyncio.wait({lease})
-    return [] if lease.cancelled() else lease.result()
+    return None if lease.cancelled() else lease.result()
 
 
 class Heartbeats:

@@ -143,11 +143,8 @@ def _span(job: Job) -> contextlib.AbstractContextManager[object]:
         f"job {job.kind or job.queue}",
         context=parent,
         kind=trace.SpanKind.CONSUMER,
-        attributes={
-            "orchestrator.job_id": job.id,
-            "orchestrator.tenant": job.tenant_id,
-            "orchestrator.queue": job.queue,
-        },
+        # The gateway's request spans carry the same names.
+        attributes={"orch.job_id": job.id, "orch.tenant": job.tenant_id, "orch.queue": job.queue},
     )
     return span
 

@@ -15,8 +15,9 @@ from core.states import is_terminal
 from core.wire import MAX_WAIT_MS, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit
 
 from ._backoff import retry_delay_s
-from ._errors import SdkError, is_transient
+from ._errors import SdkError, WaitTimeout, is_transient
 from ._http import DEFAULT_TIMEOUT_S, Transport, body_of, job_path
+from ._resources import Consumers, Queues, RetryPolicies, Schedules, Webhooks
 
 _job = msgspec.json.Decoder(Job)
 _batch = msgspec.json.Decoder(JobBatch)
@@ -24,10 +25,20 @@ _list = msgspec.json.Decoder(JobList)
 
 
 class ProducerClient:
-    """Submits and reads the jobs of the tenant that owns `api_key`."""
+    """Submits and reads the jobs of the tenant that owns `api_key`. A call made inside an active
+    OpenTelemetry span carries its trace context, so the jobs it submits continue that trace
+    through the gateway into their workers' handler spans.
+
+    The tenant's other resources are namespaces over the same connections: `schedules`,
+    `retry_policies`, `queues`, `consumers` and `webhooks`."""
 
     def __init__(self, url: str, *, api_key: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self._http = Transport(url, api_key, timeout=timeout)
+        self.schedules = Schedules(self._http)
+        self.retry_policies = RetryPolicies(self._http)
+        self.queues = Queues(self._http)
+        self.consumers = Consumers(self._http)
+        self.webhooks = Webhooks(self._http)
 
     async def submit(
         self,
@@ -44,8 +55,9 @@ class ProducerClient:
         retry_base_ms: int | None = None,
         retry_cap_ms: int | None = None,
     ) -> Job:
-        """Submit one job. With an `idempotency_key` already used, the job first created is
-        returned and nothing new is created, which makes a submit safe to retry."""
+        """Submit one job. With an `idempotency_key` already used by the same request, the job
+        first created is returned and nothing new is created, which makes a submit safe to
+        retry; used by a different request, it raises Conflict (`field == "idempotency_key"`)."""
         job = JobSubmit(
             payload=payload,
             queue=queue,
@@ -59,10 +71,16 @@ class ProducerClient:
             retry_base_ms=retry_base_ms,
             retry_cap_ms=retry_cap_ms,
         )
+        return await self.submit_job(job)
+
+    async def submit_job(self, job: JobSubmit) -> Job:
+        """Submit one job given as a `JobSubmit`; see `submit`."""
         return await self._http.request("POST", "/v1/jobs", _job, body=body_of(job))
 
     async def submit_many(self, jobs: Sequence[JobSubmit]) -> builtins.list[Job]:
-        """Submit up to 1000 jobs in one transaction, all or nothing; answers in the same order."""
+        """Submit up to 1000 jobs in one transaction, all or nothing; answers in the same order.
+        An idempotency key reused by a different request anywhere in the batch fails all of it
+        with Conflict (`field == "jobs[i].idempotency_key"`)."""
         body = body_of(JobBatchSubmit(jobs=builtins.list(jobs)))
         return (await self._http.request("POST", "/v1/jobs/batch", _batch, body=body)).jobs
 
@@ -83,8 +101,9 @@ class ProducerClient:
         return await self._http.request("POST", job_path(job_id) + "/retry", _job)
 
     async def wait(self, job_id: str, timeout_s: float = 60) -> Job:
-        """Wait until the job is terminal (`succeeded`, `dead`, `cancelled`) and return it; after
-        `timeout_s`, return it in whatever state it is in. Transient errors are retried."""
+        """Wait until the job is terminal (`succeeded`, `dead`, `cancelled`) and return it.
+        Raises WaitTimeout, holding the job as last seen, when it has not ended after
+        `timeout_s`. Transient errors are retried until then."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         failures = 0
@@ -100,13 +119,15 @@ class ProducerClient:
                 if left <= 0:
                     if job is None:
                         raise
-                    return job
+                    raise WaitTimeout(job, timeout_s) from exc
                 failures += 1
                 await asyncio.sleep(min(retry_delay_s(failures, exc), left))
                 continue
             failures = 0
-            if is_terminal(job.state) or loop.time() >= deadline:
+            if is_terminal(job.state):
                 return job
+            if loop.time() >= deadline:
+                raise WaitTimeout(job, timeout_s)
 
     async def list(
         self, state: str | None = None, queue: str | None = None, limit: int = 100, after: str | None = None

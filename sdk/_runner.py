@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from core.wire import AckComplete, AckFail
+
 from ._acks import AckBatcher
 from ._backoff import retry_delay_s
 from ._dispatch import NEVER, Dispatcher, RunningJob, resolve
@@ -217,18 +219,24 @@ class WorkerRunner:
                 room_event.clear()
                 await room_event.wait()
                 continue
+            # Outcomes waiting go with the lease: one request where there would be two.
+            carried = session.acks.take_for_lease()
             try:
-                jobs = await lease_or_stop(
+                answer = await lease_or_stop(
                     self.client,
                     stop_signal,
                     max_jobs=min(room, MAX_LEASE_BATCH),
                     wait_ms=self.wait_ms,
                     lease_seconds=self.lease_seconds,
+                    complete=[p.item for p in carried if isinstance(p.item, AckComplete)],
+                    fail=[p.item for p in carried if isinstance(p.item, AckFail)],
                 )
             except (Unauthorized, Forbidden) as exc:
+                session.acks.requeue(carried)
                 self._give_up(exc)
                 return
             except SdkError as exc:
+                session.acks.requeue(carried)
                 if not is_transient(exc):
                     raise
                 failures += 1
@@ -237,6 +245,12 @@ class WorkerRunner:
                 await asyncio.wait({stop_signal}, timeout=delay)
                 continue
             failures = 0
+            if answer is None:  # stopping: the gateway may not have had them
+                session.acks.requeue(carried)
+                continue
+            if carried:
+                session.acks.delivered(carried, answer.results)
+            jobs = answer.jobs
             if not jobs:
                 continue
             beat_at = loop.time() + self.lease_seconds / 3

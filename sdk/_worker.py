@@ -8,6 +8,7 @@ from typing import Any, Self
 
 import msgspec
 
+from core.signing import split_api_key
 from core.wire import (
     Ack,
     AckComplete,
@@ -25,6 +26,9 @@ from core.wire import (
 
 from ._http import DEFAULT_TIMEOUT_S, Transport, body_of, job_path
 
+# Key ids say what a key is (docs/protocol.md): `tk_…` a tenant's, `wk_…` a shared worker key.
+SHARED_KEY_PREFIX = "wk_"
+
 _job = msgspec.json.Decoder(Job)
 _lease = msgspec.json.Decoder(LeaseResponse)
 _heartbeat = msgspec.json.Decoder(HeartbeatResponse)
@@ -38,7 +42,11 @@ class WorkerClient:
     """A worker's connection to the gateway.
 
     `api_key` is a tenant key (a worker pinned to that tenant) or a shared worker key (jobs of
-    every tenant). `tenant_id` is informational, for logs; the key decides what is leased.
+    every tenant). The key alone decides what is leased: `tenant_id` names the tenant of a
+    tenant key and is refused with a shared worker key (`wk_…`), which would lease other
+    tenants' jobs whatever it said. To serve one tenant only, use a key of that tenant. Should a
+    lease bring a job of another tenant than `tenant_id` (a key of the wrong tenant), the jobs
+    are handed back at once, uncounted, and `lease` raises ValueError.
     """
 
     def __init__(
@@ -53,6 +61,11 @@ class WorkerClient:
     ) -> None:
         if not queues:
             raise ValueError("a worker needs at least one queue")
+        if tenant_id is not None and split_api_key(api_key)[0].startswith(SHARED_KEY_PREFIX):
+            raise ValueError(
+                "tenant_id cannot restrict a shared worker key: it leases the jobs of every tenant; "
+                "use an API key of that tenant to serve it alone"
+            )
         self.worker_id = worker_id
         self.tenant_id = tenant_id
         self.queues: tuple[str, ...] = tuple(queues)
@@ -66,17 +79,44 @@ class WorkerClient:
         queues: Sequence[str] | None = None,
     ) -> list[LeasedJob]:
         """Lease up to `max_jobs`, waiting up to `wait_ms` for the first; [] when none came."""
+        resp = await self.lease_and_ack(max_jobs=max_jobs, wait_ms=wait_ms, lease_seconds=lease_seconds, queues=queues)
+        return resp.jobs
+
+    async def lease_and_ack(
+        self,
+        max_jobs: int = 1,
+        wait_ms: int = 30_000,
+        lease_seconds: int = 30,
+        queues: Sequence[str] | None = None,
+        *,
+        complete: Sequence[AckComplete] = (),
+        fail: Sequence[AckFail] = (),
+    ) -> LeaseResponse:
+        """Acknowledge outcomes of earlier jobs (as `ack` does, each judged on its own: see
+        `results`), then lease: one request where a busy worker would make two."""
         req = LeaseRequest(
             worker_id=self.worker_id,
             queues=list(queues or self.queues),
             max_jobs=max_jobs,
             wait_ms=wait_ms,
             lease_seconds=lease_seconds,
+            complete=list(complete),
+            fail=list(fail),
         )
         resp = await self._http.request(
             "POST", "/v1/workers/lease", _lease, body=body_of(req), timeout=wait_ms / 1000 + LEASE_TIMEOUT_MARGIN_S
         )
-        return resp.jobs
+        if self.tenant_id is not None and any(j.tenant_id != self.tenant_id for j in resp.jobs):
+            await self._hand_back(resp.jobs)
+            raise ValueError(f"this worker is for tenant {self.tenant_id!r}, but its key leases another tenant's jobs")
+        return resp
+
+    async def _hand_back(self, jobs: Sequence[LeasedJob]) -> None:
+        # A snooze of 0 ms: ready again at once, the attempt not counted.
+        error = f"handed back by worker {self.worker_id}: configured for tenant {self.tenant_id!r}"
+        await self.ack(
+            fail=[AckFail(id=j.id, lease_token=j.lease_token, error=error, retry_in_ms=0, snooze=True) for j in jobs]
+        )
 
     async def heartbeat(self, job_id: str, lease_token: int, extend_seconds: int | None = None) -> HeartbeatResponse:
         """Extend the lease; the answer says whether the job's cancellation was requested."""

@@ -73,10 +73,10 @@ async def test_batch_submit_keeps_order_and_honours_idempotency_keys(api: Api, d
     batch = {
         "jobs": [
             {"payload": {"v": 1}},
-            {"payload": {"v": 2}, "idempotency_key": "k0"},
+            {"payload": {"v": 0}, "idempotency_key": "k0"},
             {"payload": {"v": 3}, "idempotency_key": "k3"},
             {"payload": {"v": 4}},
-            {"payload": {"v": 5}, "idempotency_key": "k3"},
+            {"payload": {"v": 3}, "idempotency_key": "k3"},
         ]
     }
     r = await api.signed(key, "POST", "/v1/jobs/batch", batch)
@@ -86,8 +86,15 @@ async def test_batch_submit_keeps_order_and_honours_idempotency_keys(api: Api, d
     assert jobs[1]["id"] == first["id"] and jobs[2]["id"] == jobs[4]["id"]
     assert len(await fetch(database_url, "SELECT 1 FROM jobs")) == 4
     assert len(await fetch(database_url, "SELECT 1 FROM events WHERE type = 'job.created'")) == 4
-    again = await api.signed(key, "POST", "/v1/jobs", {"payload": {"v": 9}, "idempotency_key": "k3"})
+    again = await api.signed(key, "POST", "/v1/jobs", {"payload": {"v": 3}, "idempotency_key": "k3"})
     assert again.status == 200 and again.body["id"] == jobs[2]["id"]
+    # The same key with another request is refused, and the whole batch with it.
+    other = await api.signed(key, "POST", "/v1/jobs", {"payload": {"v": 9}, "idempotency_key": "k3"})
+    assert other.status == 409 and other.body["field"] == "idempotency_key"
+    mixed = {"jobs": [{"payload": {"v": 7}}, {"payload": {"v": 8}, "idempotency_key": "k0"}]}
+    refused = await api.signed(key, "POST", "/v1/jobs/batch", mixed)
+    assert refused.status == 409 and refused.body["field"] == "jobs[1].idempotency_key"
+    assert len(await fetch(database_url, "SELECT 1 FROM jobs")) == 4
 
 
 async def test_list_pages_newest_first(api: Api) -> None:

@@ -19,8 +19,8 @@ from aiohttp import web
 
 import db
 from core import JobState
-from core.wire import Job
-from sdk import LeasedJob, ProducerClient, SdkError, Unavailable, WorkerClient, WorkerRunner
+from core.wire import Job, LeaseResponse
+from sdk import ProducerClient, SdkError, Unavailable, WorkerClient, WorkerRunner
 from sdk.testing import FakeJob
 
 from .support import Api, eventually
@@ -61,15 +61,15 @@ class LeaseRecordingClient(WorkerClient):
         super().__init__(*args, **kwargs)
         self.attempts: list[tuple[float, SdkError | None]] = []
 
-    async def lease(self, *args: Any, **kwargs: Any) -> list[LeasedJob]:
+    async def lease_and_ack(self, *args: Any, **kwargs: Any) -> LeaseResponse:
         at = time.monotonic()
         try:
-            jobs = await super().lease(*args, **kwargs)
+            answer = await super().lease_and_ack(*args, **kwargs)
         except SdkError as exc:
             self.attempts.append((at, exc))
             raise
         self.attempts.append((at, None))
-        return jobs
+        return answer
 
     def refusals(self) -> list[Unavailable]:
         return [exc for _, exc in self.attempts if isinstance(exc, Unavailable)]

@@ -47,7 +47,8 @@ def where(dsn: str) -> str:
 
 
 async def _schema_problem(dsn: str) -> str | None:
-    conn = await asyncio.wait_for(db.connect(dsn), CONNECT_TIMEOUT_SECONDS)
+    # Without named statements: the URL may lead through a transaction pooler.
+    conn = await asyncio.wait_for(db.connect(dsn, statement_cache=False), CONNECT_TIMEOUT_SECONDS)
     try:
         return db.schema_status(await db.current_revision(conn))
     finally:

@@ -23,7 +23,7 @@ from notifier import withheld_recheck
 from ..auth import runtime_of, signed, tenant_of
 from ..errors import DB_ERRORS
 from ..runtime import Runtime
-from . import _paths
+from . import _openapi, _paths
 from ._body import Body
 
 log = logging.getLogger("orchestrator.gateway")
@@ -153,7 +153,11 @@ class EventsController(Controller):
     guards = [signed, _paths.strict_query]
     tags = ["events"]
 
-    @get("/", summary="The tenant's events after a cursor, oldest first; with wait_ms, wait for one")
+    @get(
+        "/",
+        summary="The tenant's events after a cursor, oldest first; with wait_ms, wait for one",
+        responses=_openapi.PRUNED,
+    )
     async def list_events(
         self,
         request: Request[Any, Any, Any],
@@ -173,6 +177,7 @@ class EventsController(Controller):
         "/stream",
         summary="The tenant's events as Server-Sent Events, from Last-Event-ID or after, then live",
         media_type="text/event-stream",
+        responses=_openapi.PRUNED,
     )
     async def stream(
         self,
@@ -184,7 +189,7 @@ class EventsController(Controller):
         tenant_id = tenant_of(request)
         # A reconnecting EventSource sends the last id it saw; it wins over the URL's `after`.
         field, raw = ("Last-Event-ID", last_event_id) if last_event_id else ("after", after)
-        start = None if raw is None else parse_cursor(raw.strip(), field)
+        start = None if raw is None else parse_cursor(raw, field)
         # The first page is read before the response starts, so a bad or pruned cursor is
         # answered with a problem document rather than an empty stream.
         async with rt.pool.acquire() as conn:
@@ -208,6 +213,7 @@ class ConsumersController(Controller):
         "/",
         status_code=201,
         summary="Create a consumer at the oldest retained event or at the latest",
+        responses=_openapi.problems({409: "A consumer of this name exists."}),
         dto=Body[ConsumerCreate],
         return_dto=None,
     )
@@ -233,7 +239,13 @@ class ConsumersController(Controller):
             raise NotFound(f"no consumer {name!r}")
         return _consumer_out(row)
 
-    @get("/{name:str}/events", summary="Events after the consumer's position (the position does not move)")
+    @get(
+        "/{name:str}/events",
+        summary="Events after the consumer's position (the position does not move)",
+        responses=_openapi.problems(
+            {410: "The consumer's position lies before the oldest retained event: delete it and create it again."}
+        ),
+    )
     async def read(
         self,
         request: Request[Any, Any, Any],

@@ -15,7 +15,7 @@ from core import Conflict, InvalidInput, JobState, NotFound, is_terminal
 from core.wire import MAX_WAIT_MS, Job, JobBatch, JobBatchSubmit, JobList, JobSubmit, RetryPolicy, RetryPolicyOut
 
 from ..auth import runtime_of, signed, tenant_of
-from . import _paths
+from . import _openapi, _paths
 from ._body import Body
 
 
@@ -88,7 +88,17 @@ class JobsController(Controller):
     guards = [signed, _paths.strict_query]
     tags = ["jobs"]
 
-    @post("/", status_code=201, summary="Submit a job", dto=Body[JobSubmit], return_dto=None)
+    @post(
+        "/",
+        status_code=201,
+        summary="Submit a job",
+        dto=Body[JobSubmit],
+        return_dto=None,
+        responses={
+            **_openapi.RESUBMITTED,
+            **_openapi.problems({409: "The idempotency key was used for a different request."}),
+        },
+    )
     async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobSubmit]) -> Response[Job]:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -111,6 +121,9 @@ class JobsController(Controller):
         "/batch",
         status_code=201,
         summary="Submit up to 1000 jobs, all or nothing",
+        responses=_openapi.problems(
+            {409: "An item's idempotency key was used for a different request: none is inserted."}
+        ),
         dto=Body[JobBatchSubmit],
         return_dto=None,
     )
@@ -186,7 +199,12 @@ class JobsController(Controller):
         jobs = jobs[:limit]
         return JobList(jobs=jobs, next=jobs[-1].id if more else None)
 
-    @post("/{job_id:str}/cancel", status_code=200, summary="Cancel a job (a running one at its next report)")
+    @post(
+        "/{job_id:str}/cancel",
+        status_code=200,
+        summary="Cancel a job (a running one at its next report)",
+        responses=_openapi.problems({409: "The job has finished: it cannot be cancelled."}),
+    )
     async def cancel(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -200,7 +218,12 @@ class JobsController(Controller):
             rt.metrics.jobs_cancelled.add(1, rt.metrics.labels(tenant_id, outcome.job.queue))
         return outcome.job
 
-    @post("/{job_id:str}/retry", status_code=200, summary="Replay a dead or cancelled job")
+    @post(
+        "/{job_id:str}/retry",
+        status_code=200,
+        summary="Replay a dead or cancelled job",
+        responses=_openapi.problems({409: "Only a dead or cancelled job can be replayed."}),
+    )
     async def retry(self, request: Request[Any, Any, Any], job_id: FromPath[str]) -> Job:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)

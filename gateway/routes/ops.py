@@ -16,6 +16,7 @@ from ..auth import runtime_of
 from ..errors import db_down
 from ..runtime import Runtime
 from ..services.metrics_snapshot import render_metrics
+from . import _openapi
 
 
 @get("/healthz", tags=["operations"], summary="200 while the process runs")
@@ -23,7 +24,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["operations"], summary="200 when the database and the LISTEN connection work")
+@get(
+    "/readyz",
+    tags=["operations"],
+    summary="200 when the database and the LISTEN connection work",
+    responses=_openapi.NOT_READY,
+)
 async def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     rt = runtime_of(request)
     database, listen = await _readiness(rt)
@@ -69,7 +75,16 @@ async def _check(rt: Runtime) -> tuple[bool, bool]:
     return database, listen
 
 
-@get("/metrics", tags=["operations"], summary="Prometheus text exposition", media_type="text/plain; version=0.0.4")
+@get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus text exposition",
+    media_type="text/plain; version=0.0.4",
+    security=_openapi.METRICS_SECURITY,
+    responses=_openapi.problems(
+        {401: "ORCH_METRICS_TOKEN is set, and the request does not carry it as a bearer token."}
+    ),
+)
 async def metrics(request: Request[Any, Any, Any]) -> bytes:
     rt = runtime_of(request)
     expected = rt.settings.metrics_token

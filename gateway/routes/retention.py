@@ -15,7 +15,7 @@ from core.wire import Retention, RetentionPolicy, RetentionPolicyOut
 
 from ..auth import runtime_of, signed, tenant_of
 from ..services.job_pruner import retention_defaults
-from . import _paths
+from . import _openapi, _paths
 from ._body import Body
 
 
@@ -82,7 +82,12 @@ class RetentionController(Controller):
     async def get_tenant(self, request: Request[Any, Any, Any]) -> RetentionPolicyOut:
         return await self._get(request, db.TENANT_WIDE)
 
-    @delete("/retention", status_code=204, summary="Drop the tenant-wide retention policy")
+    @delete(
+        "/retention",
+        status_code=204,
+        summary="Drop the tenant-wide retention policy",
+        responses=_openapi.problems({404: "There is no tenant-wide retention policy."}),
+    )
     async def delete_tenant(self, request: Request[Any, Any, Any]) -> Response[None]:
         return await self._delete(request, db.TENANT_WIDE)
 

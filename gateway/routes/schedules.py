@@ -17,6 +17,7 @@ from core.wire import Schedule, ScheduleCreate, ScheduleList, SchedulePatch
 
 from ..auth import runtime_of, signed, tenant_of
 from ..services import scheduler
+from . import _openapi
 from ._body import Body
 
 
@@ -39,7 +40,14 @@ class SchedulesController(Controller):
     guards = [signed]
     tags = ["schedules"]
 
-    @post("/", status_code=201, summary="Create a cron schedule", dto=Body[ScheduleCreate], return_dto=None)
+    @post(
+        "/",
+        status_code=201,
+        summary="Create a cron schedule",
+        dto=Body[ScheduleCreate],
+        return_dto=None,
+        responses=_openapi.problems({409: "A schedule of this name exists."}),
+    )
     async def create_schedule(self, request: Request[Any, Any, Any], data: JSONBody[ScheduleCreate]) -> Schedule:
         rt = runtime_of(request)
         tenant_id = tenant_of(request)
@@ -81,7 +89,13 @@ class SchedulesController(Controller):
             raise NotFound(f"no schedule {name}")
         return schedule
 
-    @patch("/{name:str}", summary="Change a schedule; pause or resume it", dto=Body[SchedulePatch], return_dto=None)
+    @patch(
+        "/{name:str}",
+        summary="Change a schedule; pause or resume it",
+        dto=Body[SchedulePatch],
+        return_dto=None,
+        responses=_openapi.problems({409: "A schedule of the new name exists."}),
+    )
     async def patch_schedule(
         self, request: Request[Any, Any, Any], name: FromPath[str], data: JSONBody[SchedulePatch]
     ) -> Schedule:

@@ -48,6 +48,9 @@ _NUMERIC_LABEL = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 def _host_port(url: str) -> tuple[str, int]:
     """The (host, port) a URL names; InvalidInput for anything but an absolute http(s) URL.
     Parsed as the delivering client parses it, so the host checked is the host it connects to."""
+    if any(c <= " " or c == "\x7f" for c in url):
+        # Parsers disagree on white space and control characters; a URL needs none.
+        raise InvalidInput("url: holds white space or a control character", field="url")
     try:
         parts = URL(url)
         scheme, host, port = parts.scheme.lower(), parts.raw_host, parts.port

@@ -13,6 +13,8 @@ import db
 from core import JobState, NotFound, StaleLease
 from core.wire import (
     Ack,
+    AckComplete,
+    AckFail,
     AckResponse,
     AckResult,
     Complete,
@@ -28,7 +30,7 @@ from ..auth import principal_of, runtime_of, signed
 from ..leasing import cancel, watch_disconnect
 from ..runtime import Runtime
 from ..telemetry import logs
-from . import _paths
+from . import _openapi, _paths
 from ._body import Body
 
 log = logging.getLogger("orchestrator.workers")
@@ -90,10 +92,17 @@ class WorkersController(Controller):
     )
     async def lease(self, request: Request[Any, Any, Any], data: JSONBody[LeaseRequest]) -> LeaseResponse:
         logs.worker_id.set(data.worker_id)
+        tenant_id = principal_of(request).tenant_id
+        # Outcomes first: they may free room under the tenant's in-flight cap for this lease.
+        results = (
+            await _acknowledge(runtime_of(request), tenant_id, data.complete, data.fail)
+            if data.complete or data.fail
+            else []
+        )
         disconnected = watch_disconnect(request.receive) if data.wait_ms else None
         leaser = request.app.state.leaser
         try:
-            jobs = await leaser.lease(principal_of(request).tenant_id, data, disconnected)
+            jobs = await leaser.lease(tenant_id, data, disconnected)
             if jobs and disconnected is not None and disconnected.done():
                 # Leased as the client went away: nobody will run these, so they go back now
                 # rather than when their lease expires.
@@ -101,10 +110,15 @@ class WorkersController(Controller):
                 jobs = []
         finally:
             cancel(disconnected)
-        return LeaseResponse(jobs=jobs)
+        return LeaseResponse(jobs=jobs, results=results)
 
     @post(
-        "/jobs/{job_id:str}/heartbeat", status_code=200, summary="Extend a lease", dto=Body[Heartbeat], return_dto=None
+        "/jobs/{job_id:str}/heartbeat",
+        status_code=200,
+        summary="Extend a lease",
+        dto=Body[Heartbeat],
+        return_dto=None,
+        responses=_openapi.STALE_LEASE,
     )
     async def heartbeat(
         self, request: Request[Any, Any, Any], job_id: FromPath[str], data: JSONBody[Heartbeat]
@@ -123,6 +137,7 @@ class WorkersController(Controller):
         "/jobs/{job_id:str}/complete",
         status_code=200,
         summary="Complete a leased job",
+        responses=_openapi.STALE_LEASE,
         dto=Body[Complete],
         return_dto=None,
     )
@@ -143,6 +158,7 @@ class WorkersController(Controller):
         "/jobs/{job_id:str}/fail",
         status_code=200,
         summary="Fail a leased job: retry later, or dead",
+        responses=_openapi.STALE_LEASE,
         dto=Body[Fail],
         return_dto=None,
     )
@@ -173,26 +189,32 @@ class WorkersController(Controller):
     )
     async def ack(self, request: Request[Any, Any, Any], data: JSONBody[Ack]) -> AckResponse:
         rt = runtime_of(request)
-        tenant_id = principal_of(request).tenant_id
-        completes = [(int(c.id), c.lease_token, c.result) for c in data.complete]
-        fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms, f.snooze) for f in data.fail]
-        async with rt.pool.acquire() as conn, _atomic(conn, bool(completes and fails)):
-            done = await db.job_complete_many(conn, completes, tenant_id) if completes else {}
-            failed = (
-                await db.job_fail_many(
-                    conn, fails, tenant_id, base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms
-                )
-                if fails
-                else {}
+        return AckResponse(results=await _acknowledge(rt, principal_of(request).tenant_id, data.complete, data.fail))
+
+
+async def _acknowledge(
+    rt: Runtime, tenant_id: str | None, complete: list[AckComplete], fail: list[AckFail]
+) -> list[AckResult]:
+    """Complete and fail many jobs in one round trip, each judged on its own."""
+    completes = [(int(c.id), c.lease_token, c.result) for c in complete]
+    fails = [_fail_item(int(f.id), f.lease_token, f.error, f.retryable, f.retry_in_ms, f.snooze) for f in fail]
+    async with rt.pool.acquire() as conn, _atomic(conn, bool(completes and fails)):
+        done = await db.job_complete_many(conn, completes, tenant_id) if completes else {}
+        failed = (
+            await db.job_fail_many(
+                conn, fails, tenant_id, base_ms=rt.settings.retry_base_ms, cap_ms=rt.settings.retry_cap_ms
             )
-        _count(rt, done)
-        _count(rt, failed)
-        results: list[AckResult] = []
-        for jid, token, _ in completes:
-            results.append(_ack_result(rt, jid, done.get(jid), token, frozenset({JobState.SUCCEEDED})))
-        for f in fails:
-            results.append(_ack_result(rt, f.job_id, failed.get(f.job_id), f.lease_token, _AFTER_FAIL))
-        return AckResponse(results=results)
+            if fails
+            else {}
+        )
+    _count(rt, done)
+    _count(rt, failed)
+    results: list[AckResult] = []
+    for jid, token, _ in completes:
+        results.append(_ack_result(rt, jid, done.get(jid), token, frozenset({JobState.SUCCEEDED})))
+    for f in fails:
+        results.append(_ack_result(rt, f.job_id, failed.get(f.job_id), f.lease_token, _AFTER_FAIL))
+    return results
 
 
 def _ack_result(
