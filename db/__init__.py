@@ -17,7 +17,7 @@ from .admin import (
     worker_list,
 )
 from .databases import database_create, database_drop, with_database
-from .embedded import EmbeddedPostgres, live_users, pg_bin, running_server_pid
+from .embedded import EmbeddedPostgres, EmbeddedUnavailable, live_users, pg_bin, running_server_pid
 from .events import (
     Backlog,
     ConsumerRow,
@@ -141,6 +141,7 @@ __all__ = [
     "ConsumerRow",
     "Cursor",
     "EmbeddedPostgres",
+    "EmbeddedUnavailable",
     "EventRead",
     "FailItem",
     "FireBatch",

@@ -13,11 +13,21 @@ from pathlib import Path
 from types import ModuleType
 
 
+class EmbeddedUnavailable(RuntimeError):
+    """The embedded PostgreSQL needs the `embedded` extra."""
+
+
 def _pgserver() -> ModuleType:
     # pgserver warns at import when XDG_RUNTIME_DIR is unset; its fallback is fine.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver
+        try:
+            import pgserver
+        except ImportError:
+            raise EmbeddedUnavailable(
+                "the embedded PostgreSQL is not installed: set DATABASE_URL to a PostgreSQL >= 15, "
+                "or install the extra (pip install 'job-orchestrator[embedded]')"
+            ) from None
     return pgserver
 
 

@@ -10,13 +10,21 @@ import sys
 from core import Settings, load_settings, logfmt
 
 from ..telemetry import logs
-from . import database, dead, jobs, queues, schedules, serve, tenants, worker, workers
 
 # The commands that run the server side, and so need its settings to be valid.
 SERVER_COMMANDS = frozenset({"serve", "migrate", "db-dump", "reset"})
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        from . import database, dead, jobs, queues, schedules, serve, tenants, worker, workers
+    except ImportError as exc:  # an install of the client alone
+        print(
+            f"orchestrator: the server is not installed ({exc.name} is missing): "
+            "pip install 'job-orchestrator[server]'; a worker needs only `orchestrator-worker`",
+            file=sys.stderr,
+        )
+        return 2
     parser = argparse.ArgumentParser(prog="orchestrator", description="Job Orchestrator")
     sub = parser.add_subparsers(dest="command", required=True)
     serve.add_parser(sub)

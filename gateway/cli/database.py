@@ -84,7 +84,10 @@ def schema_problem(dsn: str) -> str | None:
 def open_database(data_dir: Path, configured: str | None) -> tuple[str, db.EmbeddedPostgres | None]:
     if configured:
         return configured, None
-    embedded = db.EmbeddedPostgres(data_dir / "pg")
+    try:
+        embedded = db.EmbeddedPostgres(data_dir / "pg")
+    except db.EmbeddedUnavailable as exc:
+        raise CannotStart(str(exc)) from None
     dsn = embedded.dsn()
     log.info("embedded PostgreSQL running in %s (%s)", embedded.data_dir, dsn)
     return dsn, embedded
