@@ -22,7 +22,6 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     # Backstop for lost notifications; the LISTEN path does the real waking.
     safety_poll_seconds: float = 5.0
     reap_interval_seconds: float = 2.0
-    nonce_window_seconds: int = 300
     retry_base_ms: int = 1000
     retry_cap_ms: int = 3_600_000
     default_max_attempts: int = 5
@@ -136,7 +135,6 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         pool_max=_int(env, "POOL_MAX", d.pool_max),
         safety_poll_seconds=_float(env, "SAFETY_POLL_SECONDS", d.safety_poll_seconds),
         reap_interval_seconds=_float(env, "REAP_INTERVAL_SECONDS", d.reap_interval_seconds),
-        nonce_window_seconds=d.nonce_window_seconds,
         retry_base_ms=_int(env, "RETRY_BASE_MS", d.retry_base_ms),
         retry_cap_ms=_int(env, "RETRY_CAP_MS", d.retry_cap_ms),
         default_max_attempts=_int(env, "DEFAULT_MAX_ATTEMPTS", d.default_max_attempts),
