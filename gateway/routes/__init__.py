@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from ..ui import UI_ROUTES
 from .admin import AdminController
 from .events import ConsumersController, EventsController
 from .jobs import JobsController, RetryPolicyController
@@ -29,6 +30,7 @@ ROUTES: list[ControllerRouterHandler] = [
     healthz,
     readyz,
     metrics,
+    *UI_ROUTES,
 ]
 
 __all__ = ["ROUTES"]

@@ -1,0 +1,196 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright, against a real
+gateway with a real worker. Every page is opened and screenshotted; a console error, an uncaught
+exception or a failed request of any asset fails the test."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdk import WorkerClient, WorkerRunner
+
+from .conftest import ADMIN_TOKEN
+from .support import Api, InProcessGateway, eventually
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("chromium") is None and not Path(CHROMIUM).exists(),
+        reason="Debian's chromium is not installed (apt-get install -y chromium)",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("playwright") is None, reason="the playwright Python package is not installed"
+    ),
+]
+
+
+async def _dead_job(api: Api, key: str) -> str:
+    job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {"n": 2}, "queue": "mail", "max_attempts": 1})).body
+    lease = (
+        await api.signed(key, "POST", "/v1/workers/lease", {"worker_id": "w", "wait_ms": 0, "queues": ["mail"]})
+    ).body
+    r = await api.signed(
+        key, "POST", f"/v1/jobs/{job['id']}/fail", {"lease_token": lease["jobs"][0]["lease_token"], "error": "boom"}
+    )
+    assert r.body["state"] == "dead", r.body
+    job_id: str = job["id"]
+    return job_id
+
+
+@pytest.mark.timeout(240)
+async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path: Path) -> None:
+    from playwright.async_api import ConsoleMessage, Page, Request, Response, async_playwright
+
+    key = await api.tenant("acme", max_inflight=4)
+    dead = await _dead_job(api, key)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    problems: list[str] = []
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            problems.append(f"console: {msg.text}")
+
+    loaded: set[str] = set()
+
+    def on_failed(req: Request) -> None:
+        # A click that navigates aborts what the page still loads (the favicon, a refresh): not a
+        # broken asset, which answers an error status or fails otherwise.
+        if req.failure != "net::ERR_ABORTED":
+            problems.append(f"request failed: {req.url} {req.failure}")
+
+    def on_response(resp: Response) -> None:
+        if resp.status >= 400:
+            problems.append(f"HTTP {resp.status}: {resp.url}")
+        elif "/ui/static/" in resp.url:
+            loaded.add(resp.url.rsplit("/", 1)[-1])
+
+    async def shot(page: Page, name: str) -> None:
+        await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+    async def worker(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"doubled": payload["n"] * 2}
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page(base_url=gateway.url)
+            page.set_default_timeout(15_000)
+            page.on("console", on_console)
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("requestfailed", on_failed)
+            page.on("response", on_response)
+
+            await page.goto("/ui")
+            assert page.url.endswith("/ui/login")
+            await shot(page, "login")
+            await page.fill("#token", "wrong")
+            await page.click("button[type=submit]")
+            assert "That is not the admin token." in await page.inner_text("main")
+            await page.fill("#token", ADMIN_TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/ui")
+            assert "acme" in await page.inner_text("#overview")
+            # The table refreshes in place.
+            async with page.expect_response(lambda r: r.url.endswith("/ui/overview/fragment"), timeout=10_000):
+                pass
+            assert "0 / 4" in await page.inner_text("#overview")
+            await shot(page, "overview")
+
+            await page.click("nav >> text=Jobs")
+            await page.fill("input[name=tenant]", "acme")
+            await page.select_option("select[name=state]", "dead")
+            await page.click("form.filters button")
+            await page.wait_for_url("**/ui/jobs?*state=dead*")
+            rows = page.locator("#jobs tbody tr")
+            assert await rows.count() == 1
+            await shot(page, "jobs")
+            await page.click(f"#jobs a[href='/ui/jobs/{dead}']")
+            await page.wait_for_url(f"**/ui/jobs/{dead}")
+            assert "boom" in await page.inner_text("main")
+            await shot(page, "job")
+
+            await page.click("nav >> text=Queues")
+            row = page.locator("#queues tr[data-queue='acme/mail']")
+            await row.locator("button").click()
+            await page.wait_for_selector("text=acme/mail paused")
+            assert "paused" in await row.inner_text()
+            await shot(page, "queues-paused")
+            await row.locator("button", has_text="Resume").click()
+            await page.wait_for_selector("text=acme/mail resumed")
+            assert "active" in await row.inner_text()
+            await shot(page, "queues")
+
+            await page.click("nav >> text=Tenants")
+            assert "acme" in await page.inner_text("#tenants")
+            await shot(page, "tenants")
+
+            await page.click("nav >> text=Dead letters")
+            await page.fill("input[name=tenant]", "acme")
+            await page.click("form.filters button")
+            await page.wait_for_url("**/ui/dead?*tenant=acme*")
+            await shot(page, "dead")
+            await page.click("#jobs a.button")
+            await page.wait_for_url("**/ui/dead/replay?*")
+            await shot(page, "replay-confirm")
+
+            async with WorkerClient(api.url, worker_id="ui-worker", api_key=key, queues=("mail",)) as client:
+                runner = WorkerRunner(client, worker, wait_ms=1000)
+                task = asyncio.create_task(runner.run())
+                try:
+                    await page.click("#confirm")
+                    await page.wait_for_url(f"**/ui/jobs/{dead}?*")
+                    assert "replayed" in await page.inner_text(".done")
+
+                    async def succeeded() -> bool:
+                        await page.reload()
+                        return "succeeded" in await page.inner_text("h1")
+
+                    await eventually(succeeded, timeout=30, every=0.3)
+                    assert "doubled" in await page.inner_text("main")
+                    await shot(page, "job-succeeded")
+                finally:
+                    runner.stop()
+                    await asyncio.wait_for(task, 10)
+
+            await page.click("text=Sign out")
+            await page.wait_for_url("**/ui/login")
+            await page.goto("/ui")
+            assert page.url.endswith("/ui/login")
+        finally:
+            await browser.close()
+
+    assert problems == []
+    assert loaded == {"console.css", "console.js", "favicon.svg"}
+    names = sorted(p.name for p in shots.iterdir())
+    assert names == sorted(
+        f"{n}.png"
+        for n in (
+            "login",
+            "overview",
+            "jobs",
+            "job",
+            "queues-paused",
+            "queues",
+            "tenants",
+            "dead",
+            "replay-confirm",
+            "job-succeeded",
+        )
+    )
+    assert all((shots / n).stat().st_size > 1000 for n in names)
