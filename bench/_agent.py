@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from core.wire import AckResponse, HeartbeatResponse, Job, LeasedJob
+from core.wire import AckResponse, HeartbeatResponse, Job, LeaseResponse
 from sdk import WorkerClient, WorkerRunner
 
 from ._protocol import AgentConfig, AgentReport, agent_main, say, stdin_lines
@@ -32,15 +32,21 @@ class CountingClient(WorkerClient):
         super().__init__(*args, **kwargs)
         self.report = report
 
-    async def lease(self, *args: Any, **kwargs: Any) -> list[LeasedJob]:
-        jobs = await super().lease(*args, **kwargs)
+    async def lease_and_ack(self, *args: Any, **kwargs: Any) -> LeaseResponse:
+        # The runner's one lease call (`lease` goes through it too); it may carry outcomes.
+        answer = await super().lease_and_ack(*args, **kwargs)
         r = self.report
         r.lease_calls += 1
+        jobs = answer.jobs
         if jobs:
             r.lease_nonempty += 1
             r.leased += len(jobs)
             r.lease_max = max(r.lease_max, len(jobs))
-        return jobs
+        carried = len(kwargs.get("complete", ())) + len(kwargs.get("fail", ()))
+        if carried:
+            r.acks_on_lease += 1
+            r.acked += carried
+        return answer
 
     async def complete(self, *args: Any, **kwargs: Any) -> Job:
         job = await super().complete(*args, **kwargs)

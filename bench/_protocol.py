@@ -43,6 +43,7 @@ class AgentReport(msgspec.Struct, kw_only=True):
     complete_calls: int = 0
     fail_calls: int = 0
     ack_calls: int = 0
+    acks_on_lease: int = 0  # leases that carried outcomes
     acked: int = 0
     heartbeat_calls: int = 0
     errors: list[str] = []

@@ -99,9 +99,12 @@ def drain_figures(reports: list[AgentReport]) -> Result:
     leased = sum(r.leased for r in reports)
     singles = sum(r.complete_calls + r.fail_calls for r in reports)
     acks = sum(r.ack_calls for r in reports)
+    on_lease = sum(r.acks_on_lease for r in reports)
     acked = sum(r.acked for r in reports)
-    reports_sent = singles + acks
-    if acks and singles:
+    reports_sent = singles + acks + on_lease
+    if on_lease:
+        mode = f"acknowledged on the next lease ({on_lease} leases) and in /v1/workers/ack batches ({acks})"
+    elif acks and singles:
         mode = "acknowledged by /v1/workers/ack batches and single complete/fail calls"
     elif acks:
         mode = "acknowledged in /v1/workers/ack batches"
@@ -114,6 +117,7 @@ def drain_figures(reports: list[AgentReport]) -> Result:
         "lease_batch_mean": leased / nonempty if nonempty else 0.0,
         "lease_max": max((r.lease_max for r in reports), default=0),
         "ack_calls": reports_sent,
+        "acks_on_lease": on_lease,
         "ack_batch_mean": (singles + acked) / reports_sent if reports_sent else 0.0,
         "ack_mode": mode,
         "heartbeats": sum(r.heartbeat_calls for r in reports),

@@ -115,9 +115,9 @@ class LeaseRequest(_Request, frozen=True):
     fail: Annotated[list[AckFail], Meta(max_length=MAX_BATCH)] = []
 
 
-class LeaseResponse(_Response, frozen=True):
+class LeaseResponse(_Response, frozen=True, omit_defaults=True):
     jobs: list[LeasedJob]
-    results: list[AckResult] = []  # one per acknowledgement the request carried
+    results: list[AckResult] = []  # one per acknowledgement the request carried; absent when none
 
 
 class Heartbeat(_Request, frozen=True):
