@@ -423,16 +423,18 @@ async def test_only_jobs_that_outlive_a_third_of_their_lease_are_heartbeated(
         return "done"
 
     async with BeatRecordingClient(api.url, worker_id="w1", api_key=tenant_a, failures=2) as client:
-        runner = WorkerRunner(client, handler, concurrency=20, lease_seconds=1)
+        # A 2 s lease: heartbeats every 0.67 s leave room for the two failed ones and their
+        # backoff on a busy machine, where a 1 s lease could run out between two beats.
+        runner = WorkerRunner(client, handler, concurrency=20, lease_seconds=2)
         task = asyncio.create_task(runner.run())
         try:
             await eventually(lambda: all_in(producer, quick, JobState.SUCCEEDED))
 
             async def outlived_lease() -> bool:
                 assert not task.done(), task
-                # Two failed heartbeats were retried with backoff; four good ones span > 1.3 s,
-                # longer than the 1 s lease the job was leased with.
-                return len(client.beats) >= 4
+                # Two failed heartbeats were retried with backoff; five good ones span > 2.6 s,
+                # longer than the 2 s lease the job was leased with.
+                return len(client.beats) >= 5
 
             await eventually(outlived_lease)
             r = await api.admin("POST", "/v1/admin/reap")
