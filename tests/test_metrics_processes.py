@@ -326,7 +326,8 @@ async def _listen_down_and_back(
 
         await eventually(listening_again, timeout=20)
         pytest.skip(
-            "the merged gauge is checked; the alert expression needs the prometheus binary (apt-get install prometheus)"
+            "the merged gauge was checked; the alert expression needs the prometheus binary "
+            "(Debian: apt-get install prometheus; .ci/run installs it)"
         )
 
 

@@ -34,7 +34,8 @@ pytestmark = [
         reason="Debian's chromium is not installed (apt-get install -y chromium)",
     ),
     pytest.mark.skipif(
-        importlib.util.find_spec("playwright") is None, reason="the playwright Python package is not installed"
+        importlib.util.find_spec("playwright") is None,
+        reason="the playwright Python package is not installed (a dev dependency: `uv sync` installs it)",
     ),
 ]
 
