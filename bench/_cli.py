@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     d = Config()
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Measure submit→start latency, submit and drain throughput, and both on a large table. "
+        description="Measure submit→start latency, submit and drain throughput, both on a large table and with many "
+        "tenants, and the console's page times. "
         "Starts its own PostgreSQL (or uses DATABASE_URL), gateway processes and workers on loopback.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller run of everything, in under a minute")
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     # One per two cores: PostgreSQL and the workers need the rest (on 2 cores, one process used a
     # quarter less CPU per job than two, for the same drain and a lower latency).
     p.add_argument("--gateway-workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="gateway processes")
+    p.add_argument("--server", choices=("uvicorn", "granian"), help="the gateway's HTTP server (serve --server)")
     p.add_argument("--tenants", type=int, default=d.tenants)
     g = p.add_argument_group("latency")
     g.add_argument("--rate", type=float, default=d.rate, help="jobs per second, submitted one at a time")
@@ -72,10 +74,47 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="drain without the ANALYZE that otherwise precedes it (plans cached while the table was small)",
     )
-    g = p.add_argument_group("scale")
+    g = p.add_argument_group(
+        "scale",
+        "latency, lease round trip and drain again on a large table, against the empty table; then the "
+        "fair-share pick and the lease with many tenants holding work, against a few. The ui phase "
+        "reuses the same table (seeded once when both run).",
+    )
     g.add_argument("--leases", type=int, help=f"sequential leases timed (default {d.leases}, quick: 200)")
-    g.add_argument("--scale-finished", type=int, help=f"default {d.scale_finished:,} (quick: 100,000)")
-    g.add_argument("--scale-waiting", type=int, help=f"default {d.scale_waiting:,} (quick: 10,000)")
+    g.add_argument(
+        "--scale-rows",
+        "--scale-finished",
+        dest="scale_rows",
+        type=int,
+        metavar="N",
+        help=f"finished jobs inserted (default {d.scale_rows:,}, quick: 100,000; the issue's figure is 10,000,000: "
+        "about 8 minutes of seeding on 2 busy cores)",
+    )
+    g.add_argument(
+        "--scale-waiting", type=int, help=f"waiting jobs inserted (default {d.scale_waiting:,}, quick: 10,000)"
+    )
+    g.add_argument(
+        "--scale-tenants",
+        type=int,
+        metavar="N",
+        help=f"tenants with work waiting (default {d.scale_tenants:,}, quick: 1,000), against --scale-tenants-base",
+    )
+    g.add_argument(
+        "--scale-tenants-base",
+        type=int,
+        metavar="N",
+        default=d.scale_tenants_base,
+        help="the few tenants compared with",
+    )
+    g.add_argument(
+        "--seed-connections",
+        type=int,
+        metavar="N",
+        default=d.seed_connections,
+        help="connections inserting the rows at once",
+    )
+    g = p.add_argument_group("ui", "the console's pages, signed in, on the scale phase's table")
+    g.add_argument("--ui-requests", type=int, metavar="N", default=d.ui_requests, help="timed GETs per page")
     g = p.add_argument_group("soak")
     g.add_argument("--soak-seconds", type=float, default=d.soak_seconds, help="how long the steady load runs")
     g.add_argument("--soak-rate", type=float, default=d.soak_rate, help="jobs per second submitted (and drained)")
@@ -86,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds finished jobs and events are kept (ORCH_RETAIN_SUCCEEDED_SECONDS, ORCH_EVENT_RETENTION_SECONDS)",
     )
     g.add_argument("--soak-workers", type=int, default=d.soak_workers, help="worker processes (concurrency 100 each)")
+    g.add_argument(
+        "--soak-naptime",
+        type=int,
+        default=d.soak_naptime_seconds,
+        metavar="S",
+        help="autovacuum_naptime set on the embedded server the bench started (0: left as it is; an external "
+        "server's is never changed)",
+    )
     p.add_argument("--profile", action="store_true", help="record the drain with py-spy (when installed)")
     p.add_argument(
         "--db-setting",
@@ -114,6 +161,11 @@ def _config(args: argparse.Namespace) -> Config:
         raise SystemExit("--drain-concurrency must be 1..100 (a lease asks for at most 100 jobs)")
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
+    for name in ("scale_rows", "scale_waiting", "scale_tenants"):
+        if (getattr(args, name) or 0) < 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must not be negative")
+    if args.scale_tenants_base < 1 or args.seed_connections < 1 or args.ui_requests < 1:
+        raise SystemExit("--scale-tenants-base, --seed-connections and --ui-requests must be at least 1")
     for setting in args.db_setting:
         name, sep, _ = setting.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", name):
@@ -121,6 +173,7 @@ def _config(args: argparse.Namespace) -> Config:
     base = Config(
         phases=phases,
         gateway_workers=args.gateway_workers,
+        server=args.server,
         tenants=args.tenants,
         rate=args.rate,
         latency_workers=args.latency_workers,
@@ -139,14 +192,19 @@ def _config(args: argparse.Namespace) -> Config:
         soak_rate=args.soak_rate,
         soak_retain_seconds=args.soak_retain,
         soak_workers=args.soak_workers,
+        soak_naptime_seconds=args.soak_naptime,
+        scale_tenants_base=args.scale_tenants_base,
+        seed_connections=args.seed_connections,
+        ui_requests=args.ui_requests,
     )
     cfg = quick(base) if args.quick else base
     sizes = {
         "latency_seconds": args.latency_seconds,
         "jobs": args.jobs,
         "leases": args.leases,
-        "scale_finished": args.scale_finished,
+        "scale_rows": args.scale_rows,
         "scale_waiting": args.scale_waiting,
+        "scale_tenants": args.scale_tenants,
     }
     return msgspec.structs.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-PHASES = ("latency", "throughput", "memory", "trigger", "poll", "scale")
+PHASES = ("latency", "throughput", "memory", "trigger", "poll", "scale", "ui")
 # Run only when --phases names them.
 OPTIONAL_PHASES = ("soak",)
 
@@ -13,6 +13,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     quick: bool = False
     phases: tuple[str, ...] = PHASES
     gateway_workers: int = 2
+    server: str | None = None  # the gateway's HTTP server; None: serve's default
     tenants: int = 4
     # latency: jobs submitted one at a time at `rate` for `latency_seconds`, to idle parked workers
     rate: float = 100.0
@@ -29,16 +30,24 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     drain_concurrency: int = 100
     # memory: long-polls parked on the gateway at once
     parked_polls: int = 1000
-    # scale
+    # scale: `scale_rows` finished jobs and `scale_waiting` waiting ones inserted with SQL over
+    # `seed_connections` connections; then `scale_tenants` tenants with work waiting against
+    # `scale_tenants_base` of them
     leases: int = 500
-    scale_finished: int = 1_000_000
+    scale_rows: int = 1_000_000
     scale_waiting: int = 100_000
     background_tenants: int = 20
+    seed_connections: int = 2
+    scale_tenants: int = 10_000
+    scale_tenants_base: int = 10
+    # ui: timed GETs of each console page, on the table the scale phase seeds
+    ui_requests: int = 20
     # soak: a steady submit-and-drain load with finished jobs and events kept `soak_retain_seconds`
     soak_seconds: float = 120.0
     soak_rate: float = 1000.0
     soak_retain_seconds: int = 5
     soak_workers: int = 2
+    soak_naptime_seconds: int = 10  # autovacuum_naptime on the bench's own server; 0: as it is
     profile: bool = False
     # Drain without ANALYZE first: with plans the gateways cached while the table was small.
     burst: bool = False
@@ -53,6 +62,7 @@ def quick(base: Config) -> Config:
         latency_seconds=3.0,
         jobs=5000,
         leases=200,
-        scale_finished=100_000,
+        scale_rows=100_000,
         scale_waiting=10_000,
+        scale_tenants=1000,
     )

@@ -22,6 +22,7 @@ TARGET_P50_MS = 2.5
 TARGET_P99_MS = 6.0
 TARGET_DRAIN_JOBS_S = 12_000.0
 TARGET_SCALE_DRIFT = 0.20
+TARGET_UI_PAGE_MS = 100.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -40,6 +41,7 @@ def summary_ms(values_ms: Sequence[float]) -> Result:
         "n": len(values_ms),
         "p50_ms": percentile(values_ms, 50),
         "p90_ms": percentile(values_ms, 90),
+        "p95_ms": percentile(values_ms, 95),
         "p99_ms": percentile(values_ms, 99),
         "max_ms": max(values_ms) if values_ms else math.nan,
         "mean_ms": statistics.fmean(values_ms) if values_ms else math.nan,
@@ -124,6 +126,24 @@ def targets(result: Result) -> list[Result]:
     ):
         bound = 1 + TARGET_SCALE_DRIFT if at_most else 1 - TARGET_SCALE_DRIFT
         add(label, ratios.get(key), bound, at_most)
+    for name, step in (("scale: tenants sub-phase", _get(result, "scale", "tenants")), ("ui", result.get("ui"))):
+        if isinstance(step, dict) and "error" in step:
+            out.append({"target": f"{name} ran", "value": None, "bound": 1.0, "at_most": True, "met": False})
+    tenants = _get(result, "scale", "tenants") or {}
+    many, few = _get(tenants, "many", "tenants"), _get(tenants, "few", "tenants")
+    if many and few:
+        for key, label in (("pick_p50", "fair-share pick p50"), ("lease_p50", "lease round trip p50")):
+            add(
+                f"scale: {label} ({many:,} / {few:,} tenants)",
+                _get(tenants, "ratios", key),
+                1 + TARGET_SCALE_DRIFT,
+                True,
+            )
+    for label, fig in (_get(result, "ui", "pages") or {}).items():
+        name = f"ui: GET {label} p95 (ms)"
+        if "error" in fig:
+            out.append({"target": name, "value": None, "bound": TARGET_UI_PAGE_MS, "at_most": True, "met": False})
+        add(name, _get(fig, "p95_ms"), TARGET_UI_PAGE_MS, True)
     return out
 
 
@@ -283,13 +303,11 @@ def render(result: Result) -> str:
     if trig.get("with_over_without") is not None:
         out.append(f"    events NOTIFY trigger: drain with it / without it = {trig['with_over_without']:.2f}")
     sc = result.get("scale", {})
-    if sc:
+    seed = sc.get("seed") or _get(result, "ui", "seed") or {}
+    if seed:
         out.append("")
-        seed = sc.get("seed", {})
-        out.append(
-            f"scale: {_fmt(seed.get('finished'))} succeeded + {_fmt(seed.get('waiting'))} waiting jobs inserted "
-            f"in {_fmt(seed.get('seconds'), 1)} s (jobs table {_fmt(seed.get('table_mb'), 0)} MB)"
-        )
+        out.extend(_seed_lines(seed))
+    if sc:
         rows = []
         for key, label in (
             ("empty", "empty table"),
@@ -329,6 +347,8 @@ def render(result: Result) -> str:
                 rows,
             )
         )
+        out.extend(_tenant_lines(sc.get("tenants")))
+    out.extend(_ui_lines(result.get("ui")))
     tg = targets(result)
     if tg:
         out.append("")
@@ -339,7 +359,7 @@ def render(result: Result) -> str:
                 [
                     [
                         t["target"],
-                        _fmt(t["value"], 0 if t["bound"] >= 100 else 2),
+                        _fmt(t["value"], 0 if t["bound"] >= 1000 else 2),
                         ("≤ " if t["at_most"] else "≥ ") + _fmt(t["bound"]),
                         "yes" if t["met"] else "NO",
                     ]
@@ -364,6 +384,86 @@ def render(result: Result) -> str:
             )
         )
     return "\n".join(out)
+
+
+def _seed_lines(seed: Result) -> list[str]:
+    return [
+        f"scale: {_fmt(seed.get('finished'))} finished ({_fmt(seed.get('dead'))} of them dead) + "
+        f"{_fmt(seed.get('waiting'))} waiting jobs over {_fmt(seed.get('tenants'))} tenants, seeded in "
+        f"{_fmt(seed.get('seconds'), 1)} s: INSERT {_fmt(seed.get('insert_seconds'), 1)} s "
+        f"({_fmt(seed.get('insert_rows_per_s'), 0)} rows/s, {_fmt(seed.get('connections'))} connection(s)), "
+        f"VACUUM ANALYZE + CHECKPOINT {_fmt(seed.get('vacuum_seconds'), 1)} s",
+        f"    jobs table {_fmt(seed.get('table_mb'), 0)} MB (heap {_fmt(seed.get('heap_mb'), 0)} MB, "
+        f"indexes {_fmt(seed.get('indexes_mb'), 0)} MB), {_fmt(seed.get('rows'))} rows",
+    ]
+
+
+def _tenant_lines(tenants: Result | None) -> list[str]:
+    """The fair-share pick (timed on its own) and the lease round trip, few tenants against many."""
+    if not tenants:
+        return []
+    if "error" in tenants:
+        return ["", f"scale, tenants: failed ({tenants['error']})"]
+    rows = []
+    for key in ("few", "many"):
+        r = tenants.get(key)
+        if r:
+            rows.append(
+                [
+                    f"{_fmt(r.get('tenants'))} tenants with work",
+                    _fmt(_get(r, "pick", "p50_ms")),
+                    _fmt(_get(r, "pick", "p99_ms")),
+                    _fmt(_get(r, "lease", "p50_ms")),
+                    _fmt(_get(r, "lease", "p99_ms")),
+                    _fmt(_get(r, "lease", "tenants_leased_from")),
+                ]
+            )
+    ratios = tenants.get("ratios") or {}
+    if ratios:
+        rows.append(
+            [
+                "many / few",
+                _fmt(ratios.get("pick_p50")),
+                _fmt(ratios.get("pick_p99")),
+                _fmt(ratios.get("lease_p50")),
+                _fmt(ratios.get("lease_p99")),
+                "",
+            ]
+        )
+    return [
+        "",
+        f"scale, tenants: queue {tenants.get('queue')!r}, tenants and their ready jobs inserted in "
+        f"{_fmt(tenants.get('seed_seconds'), 1)} s; pick = the gateway's fair-share statement alone, "
+        "lease = POST /v1/workers/lease (max_jobs 1, wait_ms 0, shared key)",
+        table(["", "pick p50 ms", "pick p99 ms", "lease p50 ms", "lease p99 ms", "tenants leased"], rows),
+    ]
+
+
+def _ui_lines(ui: Result | None) -> list[str]:
+    if ui and "error" in ui:
+        return ["", f"ui: failed ({ui['error']})"]
+    if not ui or not ui.get("pages"):
+        return []
+    rows = [
+        [label, *["-"] * 5, f"NO ({fig['status']})"]
+        if "error" in fig
+        else [
+            label,
+            _fmt(fig.get("n")),
+            _fmt(fig.get("p50_ms"), 1),
+            _fmt(fig.get("p95_ms"), 1),
+            _fmt(fig.get("max_ms"), 1),
+            _fmt(fig.get("kb"), 0),
+            "yes" if isinstance(fig.get("p95_ms"), int | float) and fig["p95_ms"] <= TARGET_UI_PAGE_MS else "NO",
+        ]
+        for label, fig in ui["pages"].items()
+    ]
+    return [
+        "",
+        f"ui: console pages, signed in, one request at a time, on {_fmt(ui.get('rows'))} jobs "
+        f"(target p95 ≤ {TARGET_UI_PAGE_MS:g} ms)",
+        table(["page", "n", "p50 ms", "p95 ms", "max ms", "kB", "met"], rows),
+    ]
 
 
 def _mbs(values: Any) -> str:
@@ -405,6 +505,13 @@ def ratios(empty: Result, loaded: Result) -> Result:
         "latency_p99": _ratio(_get(loaded, "latency", "p99_ms"), _get(empty, "latency", "p99_ms")),
         "submit": _ratio(loaded.get("submit_jobs_per_s"), empty.get("submit_jobs_per_s")),
         "drain": _ratio(loaded.get("drain_jobs_per_s"), empty.get("drain_jobs_per_s")),
+    }
+
+
+def ratios_of(a: Result, b: Result, keys: Sequence[str]) -> Result:
+    """p50 and p99 of each figure of `a` over the same of `b`."""
+    return {
+        f"{key}_{q}": _ratio(_get(a, key, f"{q}_ms"), _get(b, key, f"{q}_ms")) for key in keys for q in ("p50", "p99")
     }
 
 

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Coroutine
+from typing import Any
+
 from ._latency import latency, lease_rtt
 from ._memory import parked_long_polls
 from ._report import Result, ratios
-from ._scale import seed
-from ._session import Session
+from ._scale import seed, tenant_scale
+from ._session import Session, log
 from ._soak import soak
 from ._throughput import event_trigger_cost, throughput
+from ._ui import ui_pages
+
+
+async def _kept(step: Coroutine[Any, Any, Result], name: str) -> Result:
+    """A step after the long seeding: should it fail, the run's other figures are still reported."""
+    try:
+        return await step
+    except Exception as exc:
+        log(f"{name} failed:\n{traceback.format_exc()}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 async def run(s: Session) -> Result:
@@ -37,6 +51,7 @@ async def run(s: Session) -> Result:
         res.setdefault("latency", {})["poll"] = await latency(s, "poll")
         if scale:
             await s.start_gateway(notifier=True)
+    seeded: Result | None = None
     if scale:
         seeded = await seed(s)
         loaded: Result = {"latency": await latency(s, "loaded"), "lease": await lease_rtt(s)}
@@ -45,6 +60,15 @@ async def run(s: Session) -> Result:
         loaded["submit_jobs_per_s"] = tp["submit_jobs_per_s"]
         loaded["drain_jobs_per_s"] = tp["drain_jobs_per_s"]
         res["scale"] = {"seed": seeded, "empty": empty, "loaded": loaded, "ratios": ratios(empty, loaded)}
+    if "ui" in phases:
+        # On the scale phase's table when it ran (seeded once), before its many tenants arrive.
+        own_seed = seeded is None
+        seeded = seeded or await seed(s)
+        res["ui"] = await _kept(ui_pages(s, seeded), "ui")
+        if own_seed:
+            res["ui"]["seed"] = seeded
+    if scale:
+        res["scale"]["tenants"] = await _kept(tenant_scale(s), "scale, tenants")
     if "soak" in phases:
         # Last: its gateway keeps finished jobs and events for seconds only.
         res["soak"] = await soak(s)

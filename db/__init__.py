@@ -1,5 +1,6 @@
 """Schema, migrations and every SQL statement; one function per command."""
 
+from . import console
 from ._types import Conn
 from .admin import (
     JobFilter,
@@ -24,6 +25,8 @@ from .events import (
     Cursor,
     EventRead,
     WebhookActivity,
+    WebhookClaim,
+    WebhookLease,
     WebhookRow,
     consumer_ack,
     consumer_delete,
@@ -40,18 +43,17 @@ from .events import (
     webhook_claim,
     webhook_delete,
     webhook_delivered,
-    webhook_due,
+    webhook_extend,
     webhook_failed,
     webhook_get,
     webhook_insert,
+    webhook_lease,
     webhook_list,
+    webhook_release,
     webhook_resume,
-    webhook_try_lock,
-    webhook_unlock,
 )
 from .jobs import (
     MAX_JOB_ID,
-    Candidate,
     FailItem,
     Inserted,
     NewJob,
@@ -64,6 +66,7 @@ from .jobs import (
     job_heartbeat,
     job_insert_many,
     job_lease,
+    job_lease_shared,
     job_list,
     job_next_due_in,
     job_promote_due,
@@ -74,7 +77,6 @@ from .jobs import (
     queue_paused_list,
     queue_resume,
     runnable_queue_forget,
-    tenant_pick,
 )
 from .migrate import current_revision, downgrade, head_revision, schema_status, upgrade
 from .misc import CHANNEL_EVENTS, CHANNEL_JOBS, CHANNEL_PROBE, notify_probe, ping
@@ -136,7 +138,6 @@ __all__ = [
     "SCHEMA_FILE",
     "TENANT_WIDE",
     "Backlog",
-    "Candidate",
     "Conn",
     "ConsumerRow",
     "Cursor",
@@ -160,6 +161,8 @@ __all__ = [
     "Stats",
     "TenantDeletion",
     "WebhookActivity",
+    "WebhookClaim",
+    "WebhookLease",
     "WebhookRow",
     "api_key_get",
     "api_key_insert",
@@ -167,6 +170,7 @@ __all__ = [
     "api_key_revoke",
     "api_key_use",
     "connect",
+    "console",
     "consumer_ack",
     "consumer_delete",
     "consumer_get",
@@ -194,6 +198,7 @@ __all__ = [
     "job_heartbeat",
     "job_insert_many",
     "job_lease",
+    "job_lease_shared",
     "job_list",
     "job_next_due_in",
     "job_promote_due",
@@ -238,7 +243,6 @@ __all__ = [
     "tenant_insert",
     "tenant_list",
     "tenant_lock",
-    "tenant_pick",
     "tenant_running_count",
     "tenant_update",
     "upgrade",
@@ -249,14 +253,14 @@ __all__ = [
     "webhook_claim",
     "webhook_delete",
     "webhook_delivered",
-    "webhook_due",
+    "webhook_extend",
     "webhook_failed",
     "webhook_get",
     "webhook_insert",
+    "webhook_lease",
     "webhook_list",
+    "webhook_release",
     "webhook_resume",
-    "webhook_try_lock",
-    "webhook_unlock",
     "with_database",
     "worker_list",
 ]

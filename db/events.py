@@ -35,11 +35,11 @@ _WEBHOOK_GET = sql("webhook_get")
 _WEBHOOK_LIST = sql("webhook_list")
 _WEBHOOK_DELETE = sql("webhook_delete")
 _WEBHOOK_RESUME = sql("webhook_resume")
-_WEBHOOK_DUE = sql("webhook_due")
 _WEBHOOK_ACTIVITY = sql("webhook_activity")
-_WEBHOOK_TRY_LOCK = sql("webhook_try_lock")
-_WEBHOOK_UNLOCK = sql("webhook_unlock")
 _WEBHOOK_CLAIM = sql("webhook_claim")
+_WEBHOOK_EXTEND = sql("webhook_extend")
+_WEBHOOK_RELEASE = sql("webhook_release")
+_WEBHOOK_LEASE = sql("webhook_lease")
 _WEBHOOK_DELIVERED = sql("webhook_delivered")
 _WEBHOOK_ADVANCE = sql("webhook_advance")
 _WEBHOOK_FAILED = sql("webhook_failed")
@@ -241,52 +241,90 @@ async def webhook_resume(conn: Conn, webhook_id: int, tenant_id: str) -> Webhook
     return None if row is None else _webhook(row)
 
 
-async def webhook_due(conn: Conn, limit: int, exclude: Sequence[int]) -> list[int]:
-    """Ids of active endpoints due for an attempt that have events to look at."""
-    return [r["id"] for r in await conn.fetch(_WEBHOOK_DUE, limit, list(exclude))]
-
-
 class WebhookActivity(msgspec.Struct, frozen=True, kw_only=True):
     active: bool  # some endpoint is active
     withheld: bool  # an active endpoint has committed events ahead waiting for an older transaction
     next_retry_in: float | None  # seconds until the earliest endpoint in backoff is due
+    next_expiry_in: float | None  # seconds until the earliest lease of another process runs out
 
 
-async def webhook_activity(conn: Conn) -> WebhookActivity:
-    row = one(await conn.fetchrow(_WEBHOOK_ACTIVITY))
-    return WebhookActivity(active=row["active"], withheld=row["withheld"], next_retry_in=row["next_retry_in"])
+async def webhook_activity(conn: Conn, owner: str) -> WebhookActivity:
+    """How the endpoints stand, as the publisher of the process `owner` plans its next round."""
+    row = one(await conn.fetchrow(_WEBHOOK_ACTIVITY, owner))
+    return WebhookActivity(
+        active=row["active"],
+        withheld=row["withheld"],
+        next_retry_in=row["next_retry_in"],
+        next_expiry_in=row["next_expiry_in"],
+    )
 
 
-async def webhook_try_lock(conn: Conn, webhook_id: int) -> bool:
-    """Lock the endpoint for deliveries on this connection's session; False if another holds it.
-
-    The pool does not reset sessions, so the caller must release it with `webhook_unlock`, or
-    close the connection (`terminate`) when that cannot be confirmed."""
-    return bool(await conn.fetchval(_WEBHOOK_TRY_LOCK, webhook_id))
-
-
-async def webhook_unlock(conn: Conn, webhook_id: int) -> bool:
-    """Release the endpoint's lock; False if this session did not hold it."""
-    return bool(await conn.fetchval(_WEBHOOK_UNLOCK, webhook_id))
+class WebhookClaim(msgspec.Struct, frozen=True, kw_only=True):
+    hook: WebhookRow  # as stored once leased
+    token: int  # the lease's fencing token, named by every write of its holder
+    lease_until: datetime
+    previous_owner: str | None  # the last holder, when it never released its lease
+    previous_until: datetime | None  # when that lease ran out
 
 
-async def webhook_claim(conn: Conn, webhook_id: int) -> WebhookRow | None:
-    """The endpoint as stored now, if it is active and due."""
-    row = await conn.fetchrow(_WEBHOOK_CLAIM, webhook_id)
-    return None if row is None else _webhook(row)
+async def webhook_claim(
+    conn: Conn, owner: str, limit: int, lease_seconds: float, exclude: Sequence[int]
+) -> list[WebhookClaim]:
+    """Lease up to `limit` due endpoints with events to deliver to `owner` (not the ids in
+    `exclude`); one short statement, nothing held past it."""
+    rows = await conn.fetch(_WEBHOOK_CLAIM, limit, owner, lease_seconds, list(exclude))
+    return [
+        WebhookClaim(
+            hook=_webhook(r),
+            token=r["lease_token"],
+            lease_until=r["lease_until"],
+            previous_owner=r["previous_owner"],
+            previous_until=r["previous_until"],
+        )
+        for r in rows
+    ]
 
 
-async def webhook_delivered(conn: Conn, webhook_id: int, cursor: Cursor, status: int) -> None:
-    await conn.execute(_WEBHOOK_DELIVERED, webhook_id, cursor.xid, cursor.id, status)
+async def webhook_extend(conn: Conn, webhook_id: int, token: int, lease_seconds: float) -> bool:
+    """Keep the lease `lease_seconds` from now; False when it is not the caller's any more."""
+    return await conn.fetchval(_WEBHOOK_EXTEND, webhook_id, token, lease_seconds) is not None
 
 
-async def webhook_advance(conn: Conn, webhook_id: int, cursor: Cursor) -> None:
-    await conn.execute(_WEBHOOK_ADVANCE, webhook_id, cursor.xid, cursor.id)
+async def webhook_release(conn: Conn, webhook_id: int, token: int) -> bool:
+    """Give the lease up; False when it was not the caller's any more."""
+    return await conn.fetchval(_WEBHOOK_RELEASE, webhook_id, token) is not None
+
+
+class WebhookLease(msgspec.Struct, frozen=True, kw_only=True):
+    owner: str | None
+    until: datetime | None
+    token: int
+
+
+async def webhook_lease(conn: Conn, webhook_id: int) -> WebhookLease | None:
+    """The endpoint's lease as stored now; None when the endpoint is gone."""
+    row = await conn.fetchrow(_WEBHOOK_LEASE, webhook_id)
+    return (
+        None
+        if row is None
+        else WebhookLease(owner=row["lease_owner"], until=row["lease_until"], token=row["lease_token"])
+    )
+
+
+async def webhook_delivered(conn: Conn, webhook_id: int, token: int, cursor: Cursor, status: int) -> bool:
+    """Record a delivery and move the cursor; False (nothing changed) unless lease `token` holds."""
+    return await conn.fetchval(_WEBHOOK_DELIVERED, webhook_id, cursor.xid, cursor.id, status, token) is not None
+
+
+async def webhook_advance(conn: Conn, webhook_id: int, token: int, cursor: Cursor) -> bool:
+    """Move the cursor past events the endpoint does not subscribe to; fenced as `webhook_delivered`."""
+    return await conn.fetchval(_WEBHOOK_ADVANCE, webhook_id, cursor.xid, cursor.id, token) is not None
 
 
 async def webhook_failed(
     conn: Conn,
     webhook_id: int,
+    token: int,
     cursor: Cursor,
     *,
     status: int | None,
@@ -296,9 +334,10 @@ async def webhook_failed(
     jitter: float,
     max_attempts: int,
 ) -> tuple[str, int] | None:
-    """Record a failed attempt; returns the endpoint's (state, attempts), None if it is gone."""
+    """Record a failed attempt; returns the endpoint's (state, attempts), None when lease `token`
+    no longer holds (taken over, or the endpoint is gone) and nothing changed."""
     row = await conn.fetchrow(
-        _WEBHOOK_FAILED, webhook_id, cursor.xid, cursor.id, status, error, base_ms, cap_ms, jitter, max_attempts
+        _WEBHOOK_FAILED, webhook_id, cursor.xid, cursor.id, status, error, base_ms, cap_ms, jitter, max_attempts, token
     )
     return None if row is None else (row["state"], row["attempts"])
 

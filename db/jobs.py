@@ -24,12 +24,12 @@ _BY_KEYS = sql("job_get_by_idempotency_keys")
 _GET = sql("job_get")
 _LIST = sql("job_list")
 _LIST_BY_STATE = sql("job_list_by_state")
-_PICK = sql("tenant_pick")
 _RUNNABLE_FORGET = sql("runnable_queue_forget")
 _QUEUE_PAUSE = sql("queue_pause")
 _QUEUE_RESUME = sql("queue_resume")
 _QUEUE_PAUSED = sql("queue_paused_list")
 _LEASE = sql("job_lease")
+_LEASE_SHARED = sql("job_lease_shared")
 _HEARTBEAT = sql("job_heartbeat")
 _COMPLETE_MANY = sql("job_complete_many")
 _FAIL_MANY = sql("job_fail_many")
@@ -136,19 +136,6 @@ async def job_list(
     return [job_from_row(r) for r in rows]
 
 
-class Candidate(msgspec.Struct, frozen=True):
-    tenant_id: str
-    max_inflight: int | None
-    vpass: float
-    lead_pass: float  # the highest pass among all eligible tenants
-
-
-async def tenant_pick(conn: Conn, queues: Sequence[str], limit: int) -> list[Candidate]:
-    """Tenants to lease from for a shared worker, least served (by weight) first."""
-    rows = await conn.fetch(_PICK, list(queues), limit)
-    return [Candidate(r["id"], r["max_inflight"], r["vpass"], r["lead_pass"]) for r in rows]
-
-
 async def runnable_queue_forget(conn: Conn, tenant_id: str, queues: Sequence[str]) -> None:
     """Forget the tenant's pairs that hold no ready job, unless a transaction is making one ready
     in them now. Outside a transaction: the pair locks last until the statement's end."""
@@ -183,6 +170,24 @@ async def job_lease(
     jobs whatever their priority. One statement: call it outside a transaction, or the cap's
     lock is held to that transaction's end."""
     rows = await conn.fetch(_LEASE, tenant_id, list(queues), list(slots), lease_seconds, pass_floor, fifo)
+    return [(r["worker_id"], leased_job_from_row(r)) for r in rows]
+
+
+async def job_lease_shared(
+    conn: Conn,
+    queues: Sequence[str],
+    slots: Sequence[str],
+    lease_seconds: int,
+    *,
+    candidates: int,
+    join_credit: float,
+    fifo: bool = False,
+) -> list[tuple[str, LeasedJob]]:
+    """A shared worker's lease: up to `candidates` tenants, least served by weight first, each
+    leasing from the slots the ones before it left (its fair-share pass advanced, from a floor of
+    the first candidate's pass less `join_credit`). The jobs come tenant by tenant. One statement,
+    outside a transaction (as `job_lease`)."""
+    rows = await conn.fetch(_LEASE_SHARED, list(queues), list(slots), lease_seconds, candidates, join_credit, fifo)
     return [(r["worker_id"], leased_job_from_row(r)) for r in rows]
 
 

@@ -44,8 +44,9 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20, statem
         statement_cache_size=_cache_size(statement_cache),
         init=init_connection,
         # Nothing leaves session state on pool connections (LISTEN has its own connection;
-        # advisory locks are transaction-level but for the webhook publisher's, which it unlocks
-        # or else closes the connection), so releasing one skips asyncpg's RESET round trip.
+        # advisory locks are all transaction-level, the webhook publisher's lease is a row), so
+        # releasing one skips asyncpg's RESET round trip; a transaction pooler would not keep
+        # session state anyway.
         # asyncpg still rolls back a transaction left open before calling this.
         reset=_keep_session,
         # Long-polls hold no connection while parked, so the pool serves statements only.

@@ -97,6 +97,29 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION public.orch_job_lease_shared(p_queues text[], p_workers text[], p_lease_seconds integer, p_candidates integer, p_join_credit double precision, p_fifo boolean) RETURNS SETOF public.jobs
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    c record;
+    v_floor double precision;
+    v_left text[] := p_workers;
+    v_got integer;
+BEGIN
+    FOR c IN SELECT * FROM orch_tenant_pick(p_queues, p_candidates) LOOP
+        v_floor := coalesce(v_floor, c.lead_pass - p_join_credit);
+        RETURN QUERY SELECT * FROM orch_job_lease_capped(c.id, p_queues, v_left, p_lease_seconds, v_floor, p_fifo);
+        GET DIAGNOSTICS v_got = ROW_COUNT;
+        IF v_got = 0 THEN
+            PERFORM orch_runnable_forget(c.id, p_queues);
+        END IF;
+        v_left := v_left[v_got + 1:];
+        EXIT WHEN coalesce(cardinality(v_left), 0) = 0;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION public.orch_job_lease_slots(p_tenant text, p_queues text[], p_workers text[], p_lease_seconds integer, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -237,21 +260,33 @@ $$;
 CREATE FUNCTION public.orch_tenant_pick(p_queues text[], p_limit integer) RETURNS TABLE(id text, max_inflight integer, vpass double precision, lead_pass double precision)
     LANGUAGE plpgsql STABLE
     SET plan_cache_mode TO 'force_generic_plan'
+    SET jit TO 'off'
     AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    SELECT t.id, t.max_inflight, t.vpass, max(t.vpass) OVER () AS lead_pass
-      FROM tenants t
-     WHERE t.id IN (SELECT r.tenant_id FROM runnable_queues r
-                     WHERE r.queue = ANY(p_queues)
-                       AND NOT EXISTS (SELECT 1 FROM queue_pauses p
-                                        WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
-       AND NOT t.disabled
-       AND (t.max_inflight IS NULL
-            OR t.max_inflight > (SELECT count(*) FROM jobs r WHERE r.tenant_id = t.id AND r.state = 'running'))
-     ORDER BY t.vpass, t.id
-     LIMIT p_limit;
+    SELECT c.id, c.max_inflight, c.vpass, lead.vpass AS lead_pass
+      FROM (SELECT t.id, t.max_inflight, t.vpass FROM tenants t
+             WHERE NOT t.disabled
+               AND EXISTS (SELECT 1 FROM runnable_queues r
+                            WHERE r.tenant_id = t.id AND r.queue = ANY(p_queues)
+                              AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                               WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
+               AND (t.max_inflight IS NULL
+                    OR t.max_inflight > (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.state = 'running'))
+             ORDER BY t.vpass, t.id
+             LIMIT p_limit) c
+     CROSS JOIN (SELECT t.vpass FROM tenants t
+             WHERE NOT t.disabled
+               AND EXISTS (SELECT 1 FROM runnable_queues r
+                            WHERE r.tenant_id = t.id AND r.queue = ANY(p_queues)
+                              AND NOT EXISTS (SELECT 1 FROM queue_pauses p
+                                               WHERE p.tenant_id = r.tenant_id AND p.queue = r.queue))
+               AND (t.max_inflight IS NULL
+                    OR t.max_inflight > (SELECT count(*) FROM jobs j WHERE j.tenant_id = t.id AND j.state = 'running'))
+             ORDER BY t.vpass DESC, t.id DESC
+             LIMIT 1) lead
+     ORDER BY c.vpass, c.id;
 END
 $$;
 
@@ -428,8 +463,12 @@ CREATE TABLE public.webhooks (
     last_attempt_at timestamp with time zone,
     last_delivered_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    lease_owner text,
+    lease_until timestamp with time zone,
+    lease_token bigint DEFAULT 0 NOT NULL,
     CONSTRAINT webhooks_attempts_check CHECK ((attempts >= 0)),
     CONSTRAINT webhooks_event_types_check CHECK ((event_types <@ ARRAY['job.created'::text, 'job.started'::text, 'job.succeeded'::text, 'job.retry_scheduled'::text, 'job.dead'::text, 'job.cancelled'::text, 'job.replayed'::text])),
+    CONSTRAINT webhooks_lease_check CHECK (((lease_owner IS NULL) = (lease_until IS NULL))),
     CONSTRAINT webhooks_state_check CHECK ((state = ANY (ARRAY['active'::text, 'parked'::text]))),
     CONSTRAINT webhooks_url_check CHECK ((url ~* '^https?://'::text))
 );
@@ -520,6 +559,8 @@ CREATE INDEX request_nonces_seen_at ON public.request_nonces USING btree (seen_a
 CREATE INDEX schedule_fires_job ON public.schedule_fires USING btree (job_id) WHERE (job_id IS NOT NULL);
 
 CREATE INDEX schedules_due ON public.schedules USING btree (next_fire_at) WHERE (NOT paused);
+
+CREATE INDEX tenants_pass ON public.tenants USING btree (vpass, id) WHERE (NOT disabled);
 
 CREATE INDEX webhooks_due ON public.webhooks USING btree (next_attempt_at) WHERE (state = 'active'::text);
 

@@ -4,7 +4,10 @@ folder), create three tenants weighted 1, 2 and 5, run two workers with a shared
 large backlog, the others burst and then submit steadily; some jobs fail and retry, some snooze,
 some are delayed, a few are poison — show it live, print a summary, and stop everything.
 
-    python -m examples.demo [--flood 3000] [--seconds 12] [--database-url postgresql://...]
+    python -m examples.demo [--flood 3000] [--seconds 12] [--database-url postgresql://...] [--keep]
+
+It prints the console's address (`/ui`) and where the admin token to sign in with is; `--keep`
+leaves the server and workers running after the summary, for the console, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ class Server:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "ORCH_DATA_DIR": str(data_dir), "ORCH_ADMIN_TOKEN": admin_token}
+        # Where a person finds the token to sign in to the console with.
+        self.token_path = data_dir / "admin_token"
+        self.token_path.touch(mode=0o600)
+        self.token_path.write_text(admin_token + "\n")
         env.pop("DATABASE_URL", None)
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
         if database_url:
@@ -154,6 +161,9 @@ class Board:
         self.by_id = {t.tenant_id: t for t in tenants}
         self.lock = threading.Lock()
         self.snoozed: set[str] = set()
+        # Set once the load is over: the "bug" behind the crash jobs is fixed, so a dead one
+        # replayed from the console succeeds.
+        self.fixed = False
         self.t0 = time.monotonic()
         # Starts per tenant while every tenant had a backlog: what weighted sharing decides.
         self.contended_starts = {t.name: 0 for t in tenants}
@@ -250,9 +260,11 @@ def handlers(board: Board) -> dict[str, Handler]:
             time.sleep(payload["work_ms"] / 1000)
             return f"report {payload['n']}"
 
-    async def crash(payload: dict[str, Any]) -> None:
+    async def crash(payload: dict[str, Any]) -> str | None:
         with board.track():
-            raise RuntimeError("this job always fails")
+            if board.fixed:
+                return "fixed: replayed after the load"
+            raise RuntimeError("this job always fails (until the demo's load is over)")
 
     return {"thumbnail": thumbnail, "email": email, "report": report, "crash": crash}
 
@@ -437,11 +449,12 @@ def _summary(board: Board, finals: dict[str, list[Job]], duration_s: float) -> N
     )
 
 
-async def run(server: Server, admin_token: str, flood: int, seconds: float, suffix: str) -> int:
+async def run(server: Server, admin_token: str, flood: int, seconds: float, suffix: str, *, keep: bool) -> int:
     async with aiohttp.ClientSession() as session:
         t0 = time.monotonic()
         await server.wait_ready(session)
         print(f"server ready at {server.url} after {time.monotonic() - t0:.1f} s", flush=True)
+        print(f"console: {server.url}/ui (sign in with the admin token in {server.token_path})", flush=True)
         tenants = [Stats(name, weight) for name, weight in TENANTS]
         for t in tenants:
             t.tenant_id = t.name + suffix
@@ -553,7 +566,36 @@ async def run(server: Server, admin_token: str, flood: int, seconds: float, suff
     finally:
         for p in producers.values():
             await p.close()
+    if keep:
+        await _keep_serving(server, shared_key, kinds, board)
     return code
+
+
+async def _keep_serving(server: Server, shared_key: str, kinds: dict[str, Handler], board: Board) -> None:
+    """The server and fresh workers stay up for the console until Ctrl-C (or SIGTERM)."""
+    board.fixed = True
+    clients = [WorkerClient(server.url, worker_id=f"shared-{i + 1}", api_key=shared_key) for i in range(WORKERS)]
+    runners = [WorkerRunner(c, handlers=kinds, concurrency=CONCURRENCY, shutdown_timeout_s=5) for c in clients]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(
+        f"\nthe server and {WORKERS} workers keep running: open {server.url}/ui, sign in with the admin token in "
+        f"{server.token_path}, find a dead crash job and replay it (the bug is fixed now); Ctrl-C stops everything",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        for r in runners:
+            r.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_DEADLINE_S)
+        for c in clients:
+            await c.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -563,6 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--database-url",
         help="use this PostgreSQL (migrated if behind) instead of an embedded one in a scratch folder",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="after the summary, keep the server and workers running for the console at /ui until Ctrl-C",
     )
     args = parser.parse_args(argv)
     admin_token = secrets.token_urlsafe(24)
@@ -574,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"starting the server{where} ...", flush=True)
         server = Server(Path(tmp), admin_token, args.database_url)
         try:
-            code = asyncio.run(run(server, admin_token, args.flood, args.seconds, suffix))
+            code = asyncio.run(run(server, admin_token, args.flood, args.seconds, suffix, keep=args.keep))
         except BaseException:
             print(f"--- server log (last lines) ---\n{server.log_tail()}\n---", file=sys.stderr, flush=True)
             raise

@@ -196,24 +196,17 @@ class Leaser:
     async def _lease_shared(
         self, conn: db.Conn, queues: list[str], slots: list[str], lease_seconds: int, fifo: bool
     ) -> list[tuple[str, LeasedJob]]:
-        leased: list[tuple[str, LeasedJob]] = []
-        candidates = await db.tenant_pick(conn, queues, CANDIDATES)
-        if not candidates:
-            return leased
-        floor = candidates[0].lead_pass - JOIN_CREDIT
-        for c in candidates:
-            left = slots[len(leased) :]
-            got = await db.job_lease(conn, c.tenant_id, queues, left, lease_seconds, pass_floor=floor, fifo=fifo)
-            if not got:
-                # Its ready jobs are gone (or all locked by other leases): stop offering it.
-                await db.runnable_queue_forget(conn, c.tenant_id, queues)
-            elif len(got) < len(left):
-                # This lease likely took its last ready jobs: forget the pair now, after answering,
-                # so the next lease does not pay a lease statement to find that out.
-                self._forget_soon(c.tenant_id, queues)
-            leased += got
-            if len(leased) >= len(slots):
-                break
+        leased = await db.job_lease_shared(
+            conn, queues, slots, lease_seconds, candidates=CANDIDATES, join_credit=JOIN_CREDIT, fifo=fifo
+        )
+        # Every tenant but the last leased fewer than it was offered, and the last did too when the
+        # slots are not all filled: each likely took its last ready jobs. Forget those pairs now,
+        # after answering, so the next lease does not pay a statement to find that out.
+        tenants = list(dict.fromkeys(job.tenant_id for _, job in leased))
+        if tenants and len(leased) == len(slots):
+            tenants.pop()
+        for tenant_id in tenants:
+            self._forget_soon(tenant_id, queues)
         return leased
 
 

@@ -127,6 +127,8 @@ class AckBatcher:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), wait)
+            # A lease the runner is about to send carries them in the same request: let it go first.
+            await asyncio.sleep(0)
             batch = self._take()
             if not batch:  # a lease took them meanwhile
                 continue

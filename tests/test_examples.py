@@ -128,3 +128,72 @@ def test_the_demo_runs_to_its_summary(database_url: str) -> None:
     assert "summary" in proc.stdout
     assert "\x1b[" not in proc.stdout  # not a terminal: plain progress lines
     assert "stopped cleanly" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_the_demo_keeps_serving_so_a_dead_job_can_be_replayed_from_the_console(database_url: str) -> None:
+    import re
+
+    import aiohttp
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "examples.demo",
+        "--database-url",
+        database_url,
+        "--flood",
+        "400",
+        "--seconds",
+        "3",
+        "--keep",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        console = token_path = None
+        async with asyncio.timeout(120):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "the demo ended before keeping the server up:\n" + "".join(seen)
+                seen.append(line)
+                if m := re.search(r"console: (http://\S+)/ui \(sign in with the admin token in (.+)\)", line):
+                    console, token_path = m.group(1), m.group(2)
+                if "keep running" in line:
+                    break
+        assert console is not None and token_path is not None, "".join(seen)
+        token = Path(token_path).read_text().strip()
+        # unsafe: the console is on an IP address, whose cookies aiohttp would drop otherwise.
+        async with aiohttp.ClientSession(base_url=console, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.post("/ui/login", data={"token": token}, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+            async with http.get("/ui/jobs", params={"state": "dead", "kind": "crash"}) as r:
+                assert r.status == 200
+                page = await r.text()
+            ids = re.findall(r'href="/ui/jobs/(\d+)"', page)
+            assert ids, "no dead crash job listed"
+            job_url = f"/ui/jobs/{ids[0]}"
+            async with http.get(job_url) as r:
+                detail = await r.text()
+            assert "this job always fails" in detail  # its last error, readable on the page
+            csrf = re.search(r'name="csrf" value="([^"]+)"', detail)
+            assert csrf is not None
+            async with http.post(f"{job_url}/retry", data={"csrf": csrf.group(1)}, allow_redirects=False) as r:
+                assert r.status == 303, await r.text()
+
+            async def succeeded() -> bool:
+                async with http.get(f"/v1/admin/jobs/{ids[0]}", headers={"Authorization": f"Bearer {token}"}) as r:
+                    return bool((await r.json())["job"]["state"] == "succeeded")
+
+            await eventually(succeeded, timeout=30)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 60)
+    out = "".join(seen) + rest.decode()
+    assert proc.returncode == 0, out
+    assert "stopped cleanly" in out

@@ -1,6 +1,7 @@
 """The gateway behind a real PgBouncer in transaction mode (Debian's `pgbouncer`): its pool goes
 through the pooler with asyncpg's statement cache off, its LISTEN connection straight to
-PostgreSQL (ORCH_LISTEN_URL), and leases, wake-ups, long-polls and fair share work as direct."""
+PostgreSQL (ORCH_LISTEN_URL), and leases, wake-ups, long-polls, fair share and webhook
+deliveries across two replicas work as direct."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import db
 from core import load_settings
 
 from .support import Api, eventually, fetch, free_port
-from .test_replicas import complete, lease, metric, serving, submit_many
+from .test_replicas import WEBHOOK_ENV, WebhookReceiver, complete, deliver_across, lease, metric, serving, submit_many
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -294,6 +295,38 @@ async def test_drain_through_pgbouncer_against_direct(bouncer: PgBouncer, databa
         assert left[0][0] == 0
     for label, rate in figures.items():
         print(f"drain of {n} jobs, {label}: {rate:,.0f} jobs/s")
+
+
+@needs_pgbouncer
+async def test_webhooks_across_replicas_through_pgbouncer(database_url: str) -> None:
+    # Two replicas' pools share 4 server connections, so consecutive statements of one delivery
+    # run on different server sessions, and each session serves both replicas: a lock held by a
+    # session would be taken twice or released by nobody. The lease is a row, and every event
+    # still arrives once and in order.
+    bouncer = PgBouncer(database_url, pool_size=4)
+    bouncer.start()
+    env = {
+        **bouncer_env(bouncer, database_url),
+        **WEBHOOK_ENV,
+        "ORCH_WEBHOOK_CONCURRENCY": "2",
+        "ORCH_WEBHOOK_RETRY_BASE_MS": "200",
+        "ORCH_WEBHOOK_RETRY_CAP_MS": "200",
+        "ORCH_WEBHOOK_MAX_ATTEMPTS": "50",
+        "ORCH_WEBHOOK_POLL_SECONDS": "0.5",
+    }
+    receiver = WebhookReceiver(fails=lambda n: n % 25 == 0)
+    try:
+        async with receiver.serving(), serving(database_url, **env) as (_a, a), serving(database_url, **env) as (_b, b):
+            t0 = time.monotonic()
+            per_replica = await deliver_across([a, b], database_url, receiver, rounds=3)
+            took = time.monotonic() - t0
+        name = urlsplit(database_url).path.lstrip("/")
+        stats = [s for s in bouncer.admin("SHOW STATS") if s["database"] == name]
+        assert stats and int(stats[0]["total_xact_count"]) > sum(per_replica), stats
+    finally:
+        bouncer.stop()
+    print(f"{sum(per_replica):.0f} webhook deliveries through PgBouncer in {took:.1f} s, by replica: {per_replica}")
+    assert all(per_replica), per_replica
 
 
 def test_listen_url_and_statement_cache_settings() -> None:

@@ -105,6 +105,26 @@ async def test_tenant_pick_reads_no_jobs_but_the_running_index(conn: Any) -> Non
     assert {n["Index Name"] for n in jobs_nodes} <= {"jobs_running_tenant"}, jobs_nodes
 
 
+async def test_tenant_pick_walks_tenants_in_pass_order_however_many_there_are(conn: Any) -> None:
+    # 10,000 tenants with work waiting: the pick reads a few entries of tenants_pass, not them all.
+    await conn.execute(
+        """INSERT INTO tenants (id, vpass) SELECT 'many' || g, g * 0.5 FROM generate_series(1, 10000) g;
+           INSERT INTO runnable_queues (tenant_id, queue) SELECT 'many' || g, 'q0' FROM generate_series(1, 10000) g;
+           ANALYZE tenants; ANALYZE runnable_queues"""
+    )
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_tenant_pick'")
+    query = body.split("RETURN QUERY", 1)[1].split(";", 1)[0]
+    query = query.replace("p_queues", "$1::text[]").replace("p_limit", "$2::int")
+    nodes = await _plan(conn, query, ["q0"], 8)
+    tenant_scans = [n for n in nodes if n.get("Relation Name") == "tenants"]
+    assert tenant_scans and all(n.get("Index Name") == "tenants_pass" for n in tenant_scans), tenant_scans
+    picked = await conn.fetch("SELECT * FROM orch_tenant_pick($1, 8)", ["q0"])
+    # the least served first; the lead pass is the highest among the eligible
+    passes = [r["vpass"] for r in picked]
+    assert len(picked) == 8 and passes == sorted(passes), picked
+    assert all(r["lead_pass"] == 5000.0 for r in picked)
+
+
 async def test_forgetting_a_pair_probes_the_ready_index(conn: Any) -> None:
     # The check inside orch_runnable_forget, one pair at a time, with a generic plan.
     body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_runnable_forget'")

@@ -1,6 +1,7 @@
 """Two `orchestrator serve` processes on different ports on one database, as replicas behind a
-load balancer would be: every lease, fair-share decision, cron fire and retention deletion
-happens exactly once across them."""
+load balancer would be: every lease, fair-share decision, cron fire, retention deletion and
+webhook delivery happens exactly once across them, and a replica that dies mid-delivery leaves
+its webhook endpoint to the other."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 import pytest
+from aiohttp import web
 
 from .conftest import ADMIN_TOKEN
-from .support import Api, GatewayProcess, eventually, fetch, fetchval, metric_samples, metric_total
+from .support import Api, GatewayProcess, eventually, fetch, fetchval, free_port, metric_samples, metric_total
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -187,3 +191,179 @@ async def test_retention_prunes_once_across_replicas(database_url: str) -> None:
     print(f"{n} jobs pruned {pruned_after:.2f} s after they finished, by gateway: {per_gateway}")
     # Deleted once, in one pass of one gateway, the other locked out.
     assert sorted(per_gateway) == [0, n], per_gateway
+
+
+# --- webhooks ----------------------------------------------------------------------------------
+
+
+@dataclass
+class WebhookReceiver:
+    """Webhook endpoints on one loopback port: the event ids each endpoint received (by its
+    X-Orch-Webhook-Id), in order. Attempt n gets a 503 when `fails(n)`; attempts in `hold` hang
+    until `release` is set (and are not counted as received)."""
+
+    fails: Callable[[int], bool] = lambda _n: False
+    hold: set[int] = field(default_factory=set)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    attempts: int = 0
+    received: dict[str, list[str]] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def count(self) -> int:
+        return sum(len(ids) for ids in self.received.values())
+
+    async def _hook(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.attempts += 1
+        n = self.attempts
+        if n in self.hold:
+            await self.release.wait()
+            return web.Response(status=504)
+        if self.fails(n):
+            return web.Response(status=503)
+        event_id = msgspec.json.decode(body)["id"]
+        self.received.setdefault(request.headers["X-Orch-Webhook-Id"], []).append(event_id)
+        return web.Response(status=204)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[WebhookReceiver]:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        try:
+            yield self
+        finally:
+            self.release.set()
+            await runner.cleanup()
+
+
+# The receivers listen on loopback, which webhooks reach only when allowed.
+WEBHOOK_ENV = {"ORCH_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+
+
+async def register_webhook(api: Api, key: str, url: str, **fields: Any) -> str:
+    r = await api.signed(key, "POST", "/v1/webhooks", {"url": url, **fields})
+    assert r.status == 201, r.body
+    hook_id: str = r.body["id"]
+    return hook_id
+
+
+async def stored_events(database_url: str, tenant_id: str, types: list[str] | None = None) -> list[str]:
+    """The tenant's event ids in the order readers get them."""
+    rows = await fetch(
+        database_url,
+        "SELECT e.xid::text || '-' || e.id AS event_id FROM events e"
+        " WHERE e.tenant_id = $1 AND ($2::text[] IS NULL OR e.type = ANY ($2)) ORDER BY e.xid, e.id",
+        tenant_id,
+        types,
+    )
+    return [r["event_id"] for r in rows]
+
+
+async def all_released(database_url: str) -> bool:
+    return bool(await fetchval(database_url, "SELECT count(*) = 0 FROM webhooks WHERE lease_owner IS NOT NULL"))
+
+
+async def deliver_across(apis: list[Api], database_url: str, receiver: WebhookReceiver, rounds: int = 6) -> list[float]:
+    """Six endpoints of two tenants (one of them taking only job.succeeded), events made through
+    both replicas in `rounds` rounds; waits until every endpoint received every event of its
+    tenant it asked for, checks that each arrived once and in order, and returns the deliveries
+    counted per replica."""
+    hooks: dict[str, tuple[str, list[str] | None]] = {}
+    keys = {}
+    for i, tenant in enumerate(("acme", "globex")):
+        keys[tenant] = await apis[i].tenant(tenant)
+        for j in range(3):
+            types = ["job.succeeded"] if j == 2 else None
+            fields = {"event_types": types} if types else {}
+            hooks[await register_webhook(apis[j % 2], keys[tenant], receiver.url, **fields)] = (tenant, types)
+    for n in range(rounds):
+        for key in keys.values():
+            await submit_many(apis[n % 2], key, 30)
+            jobs = await lease(apis[(n + 1) % 2], key, f"w{n}", max_jobs=10)
+            await complete(apis[n % 2], key, jobs)
+    expected = {h: await stored_events(database_url, t, types) for h, (t, types) in hooks.items()}
+    total = sum(len(ids) for ids in expected.values())
+    # a round makes 30 created, 10 started and 10 succeeded events per tenant
+    assert total == rounds * 2 * (2 * 50 + 10)
+
+    async def delivered() -> bool:
+        return receiver.count() >= total
+
+    await eventually(delivered, timeout=60, every=0.1)
+    for hook_id, ids in expected.items():
+        assert receiver.received[hook_id] == ids, hook_id  # each once, in order
+    per_replica = [await metric(api, "orch_webhook_deliveries_total", outcome="delivered") for api in apis]
+    assert sum(per_replica) == total, per_replica
+    await eventually(lambda: all_released(database_url), timeout=10)
+    return per_replica
+
+
+async def test_webhooks_are_delivered_once_in_order_across_replicas(database_url: str) -> None:
+    # Each replica delivers at most two endpoints at once, so both take some of the six; every
+    # 25th attempt fails, so endpoints also move between replicas after the retry.
+    env = {
+        **WEBHOOK_ENV,
+        "ORCH_WEBHOOK_CONCURRENCY": "2",
+        "ORCH_WEBHOOK_RETRY_BASE_MS": "200",
+        "ORCH_WEBHOOK_RETRY_CAP_MS": "200",
+        "ORCH_WEBHOOK_MAX_ATTEMPTS": "50",
+        "ORCH_WEBHOOK_POLL_SECONDS": "0.5",
+    }
+    receiver = WebhookReceiver(fails=lambda n: n % 25 == 0)
+    async with receiver.serving(), two_gateways(database_url, **env) as apis:
+        per_replica = await deliver_across(apis, database_url, receiver)
+        claimed = [await metric(api, "orch_webhook_leases_total", outcome="claimed") for api in apis]
+        taken_over = [await metric(api, "orch_webhook_leases_total", outcome="taken_over") for api in apis]
+    print(f"{sum(per_replica):.0f} webhook deliveries by replica: {per_replica}, leases claimed: {claimed}")
+    assert all(per_replica), per_replica
+    assert all(claimed), claimed
+    assert taken_over == [0, 0]  # every lease was given up, none ran out
+
+
+async def test_a_replica_killed_mid_delivery_leaves_its_endpoint_to_the_other(database_url: str) -> None:
+    # A 1 s delivery time limit makes leases of 7 s (2 x 1 s + 5 s). The replica holding the
+    # endpoint is killed while its first POST hangs; the other takes the endpoint over once the
+    # lease has run out (it wakes for that, well before its 5 s poll) and delivers every event.
+    lease_seconds = 7.0
+    env = {**WEBHOOK_ENV, "ORCH_WEBHOOK_TIMEOUT_SECONDS": "1"}
+    receiver = WebhookReceiver(hold={1})
+    async with (
+        receiver.serving(),
+        serving(database_url, **env) as (gw_a, a),
+        serving(database_url, **env) as (gw_b, b),
+    ):
+        key = await a.tenant("acme")
+        hook_id = await register_webhook(b, key, receiver.url)
+        await submit_many(a, key, 5)
+
+        async def posting() -> bool:
+            return receiver.attempts == 1
+
+        await eventually(posting, timeout=10)
+        claimed = [await metric(api, "orch_webhook_leases_total", outcome="claimed") for api in (a, b)]
+        assert sorted(claimed) == [0, 1], claimed
+        replicas = [(gw_a, a), (gw_b, b)]
+        holder = claimed.index(1)
+        survivor_gw, survivor = replicas[1 - holder]
+        replicas[holder][0].kill()
+        killed_at = time.monotonic()
+
+        async def delivered() -> bool:
+            return len(receiver.received.get(hook_id, [])) >= 5
+
+        await eventually(delivered, timeout=lease_seconds + 10, every=0.1)
+        took = time.monotonic() - killed_at
+        assert receiver.received[hook_id] == await stored_events(database_url, "acme")
+        assert await metric(survivor, "orch_webhook_leases_total", outcome="taken_over") == 1
+        assert f"webhook {hook_id}: lease taken over from" in survivor_gw.output()
+        r = await survivor.signed(key, "GET", f"/v1/webhooks/{hook_id}")
+        assert (r.body["delivered"], r.body["attempts"]) == (5, 0), r.body
+    print(f"endpoint taken over and caught up {took:.1f} s after its holder was killed (lease {lease_seconds:.0f} s)")
+    assert took < lease_seconds + 3, took

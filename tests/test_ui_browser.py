@@ -1,17 +1,20 @@
 """The web console in a real browser: Debian's chromium driven by Playwright, against a real
-gateway with a real worker. Every page is opened and screenshotted; a console error, an uncaught
-exception or a failed request of any asset fails the test."""
+gateway with a real worker. Every page is opened and screenshotted (into ORCH_UI_SCREENSHOTS when
+set, else the test's own folder); a console error, an uncaught exception or a failed request of
+any asset fails the test."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from core import Settings
 from sdk import WorkerClient, WorkerRunner
 
 from .conftest import ADMIN_TOKEN
@@ -40,6 +43,23 @@ pytestmark = [
 ]
 
 
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    # The statistics the pages count with are read every 0.5 s here, not every 10 s.
+    return Settings(
+        database_url=database_url, admin_token=ADMIN_TOKEN, reap_interval_seconds=0.2, stats_interval_seconds=0.5
+    )
+
+
+def _screenshots(tmp_path: Path) -> Path:
+    chosen = os.environ.get("ORCH_UI_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    return folder
+
+
 async def _dead_job(api: Api, key: str) -> str:
     job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {"n": 2}, "queue": "mail", "max_attempts": 1})).body
     lease = (
@@ -58,9 +78,20 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
     from playwright.async_api import ConsoleMessage, Page, Request, Response, async_playwright
 
     key = await api.tenant("acme", max_inflight=4)
+    await api.tenant("beta", weight=3)
     dead = await _dead_job(api, key)
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    # Something on every page: a lease held, a schedule, a consumer.
+    await api.signed(key, "POST", "/v1/jobs", {"payload": {}, "queue": "slow"})
+    held = await api.signed(
+        key, "POST", "/v1/workers/lease", {"worker_id": "box-1", "wait_ms": 0, "queues": ["slow"], "lease_seconds": 300}
+    )
+    assert held.body["jobs"], held.body
+    r = await api.signed(key, "POST", "/v1/schedules/", {"name": "nightly", "cron": "0 3 * * *", "queue": "mail"})
+    assert r.status == 201, r.body
+    r = await api.signed(key, "POST", "/v1/consumers", {"name": "audit", "start": "oldest"})
+    assert r.status == 201, r.body
+    shots = _screenshots(tmp_path)
+    taken: list[str] = []
     problems: list[str] = []
 
     def on_console(msg: ConsoleMessage) -> None:
@@ -83,6 +114,7 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
 
     async def shot(page: Page, name: str) -> None:
         await page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        taken.append(name)
 
     async def worker(payload: dict[str, Any]) -> dict[str, Any]:
         return {"doubled": payload["n"] * 2}
@@ -90,7 +122,7 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = await browser.new_page(base_url=gateway.url)
+            page = await browser.new_page(base_url=gateway.url, viewport={"width": 1280, "height": 900})
             page.set_default_timeout(15_000)
             page.on("console", on_console)
             page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -106,11 +138,16 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
             await page.fill("#token", ADMIN_TOKEN)
             await page.click("button[type=submit]")
             await page.wait_for_url("**/ui")
-            assert "acme" in await page.inner_text("#overview")
-            # The table refreshes in place.
+            # The overview refreshes in place: the statistics, read on the gateway's timer, reach it.
+            await page.wait_for_function(
+                "document.querySelector('#overview').innerText.includes('1 / 4')", timeout=15_000
+            )
             async with page.expect_response(lambda r: r.url.endswith("/ui/overview/fragment"), timeout=10_000):
                 pass
-            assert "0 / 4" in await page.inner_text("#overview")
+            assert "acme" in await page.inner_text("#overview")
+            assert await page.locator("#overview svg#chart-throughput").count() == 1
+            assert await page.locator("#overview svg#chart-latency").count() == 1
+            assert await page.locator("#overview svg#chart-shares").count() == 1
             await shot(page, "overview")
 
             await page.click("nav >> text=Jobs")
@@ -137,14 +174,41 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
             assert "active" in await row.inner_text()
             await shot(page, "queues")
 
+            await page.click("nav >> text=Schedules")
+            schedule = page.locator("#schedules tr[data-schedule='acme/nightly']")
+            await schedule.locator("button", has_text="Disable").click()
+            await page.wait_for_selector("text=acme/nightly disabled")
+            await schedule.locator("button", has_text="Enable").click()
+            await page.wait_for_selector("text=acme/nightly enabled")
+            assert "03:00:00 UTC" in await schedule.inner_text()
+            await shot(page, "schedules")
+
+            await page.click("nav >> text=Workers")
+            assert "box-1" in await page.inner_text("#workers")
+            await shot(page, "workers")
+
+            await page.click("nav >> text=Events")
+            assert "audit" in await page.inner_text("#consumers")
+            await shot(page, "events")
+
             await page.click("nav >> text=Tenants")
             assert "acme" in await page.inner_text("#tenants")
             await shot(page, "tenants")
+            await page.click("#tenants a[href='/ui/tenants/acme']")
+            await page.fill("#edit-tenant input[name=weight]", "2")
+            await page.click("#edit-tenant button")
+            await page.wait_for_selector("text=saved")
+            assert await page.input_value("#edit-tenant input[name=weight]") == "2"
+            await shot(page, "tenant")
+            await page.click("#new-key")
+            assert (await page.inner_text("#api-key")).startswith("tk_")
+            await shot(page, "key-created")
 
             await page.click("nav >> text=Dead letters")
             await page.fill("input[name=tenant]", "acme")
             await page.click("form.filters button")
             await page.wait_for_url("**/ui/dead?*tenant=acme*")
+            assert "boom" in await page.inner_text("#groups")
             await shot(page, "dead")
             await page.click("#jobs a.button")
             await page.wait_for_url("**/ui/dead/replay?*")
@@ -179,19 +243,6 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
     assert problems == []
     assert loaded == {"console.css", "console.js", "favicon.svg"}
     names = sorted(p.name for p in shots.iterdir())
-    assert names == sorted(
-        f"{n}.png"
-        for n in (
-            "login",
-            "overview",
-            "jobs",
-            "job",
-            "queues-paused",
-            "queues",
-            "tenants",
-            "dead",
-            "replay-confirm",
-            "job-succeeded",
-        )
-    )
+    assert names == sorted(f"{n}.png" for n in taken)
+    assert {*taken} >= {"overview", "jobs", "job", "dead", "queues", "schedules", "workers", "events", "tenants"}
     assert all((shots / n).stat().st_size > 1000 for n in names)

@@ -1,12 +1,13 @@
 """What a tenant must not be able to do with a webhook: reach the gateway's internal network, read
 what an internal service or socket says through `last_error`, break registration with a
-malformed URL or Host header, or keep an endpoint locked for every gateway by an interrupted
-delivery."""
+malformed URL or Host header, or keep an endpoint from every gateway by an interrupted or
+stalled delivery."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,7 +23,17 @@ from core import Settings, load_settings
 from gateway.services.webhook_publisher import CheckedResolver, DestinationPolicy, RefusedDestination, address_class
 
 from .conftest import ADMIN_TOKEN
-from .support import Api, InProcessGateway, eventually, fetch, fetchval, free_port, running
+from .support import (
+    Api,
+    InProcessGateway,
+    eventually,
+    fetch,
+    fetchval,
+    free_port,
+    metric_samples,
+    metric_total,
+    running,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,6 +74,7 @@ class Receiver:
     answer: Callable[[int], web.StreamResponse | None] = lambda _n: None
     hold: set[int] = field(default_factory=set)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    delay_s: float = 0.0
     attempts: int = 0
     delivered: list[dict[str, Any]] = field(default_factory=list)
     port: int = field(default_factory=free_port)
@@ -76,6 +88,8 @@ class Receiver:
         n = self.attempts
         if n in self.hold:
             await self.release.wait()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         reply = self.answer(n)
         if reply is not None:
             return reply
@@ -365,18 +379,13 @@ async def test_last_error_is_a_status_or_a_class_of_error_never_what_the_other_s
         assert receiver.attempts == 1
 
 
-# --- the endpoint lock -------------------------------------------------------------------------
+# --- the endpoint lease ------------------------------------------------------------------------
 
 
-async def lock_holder(database_url: str, hook_id: str) -> int | None:
-    """The backend holding the endpoint's advisory lock (the key as webhook_try_lock makes it)."""
-    pid: int | None = await fetchval(
-        database_url,
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND granted"
-        "   AND (classid::bigint << 32 | objid::bigint) = hashtextextended('orch.webhook:' || $1::bigint, 0)",
-        int(hook_id),
-    )
-    return pid
+async def lease_of(database_url: str, hook_id: str) -> tuple[str | None, int]:
+    """The endpoint's lease as stored: its holder (None: nobody) and its token."""
+    rows = await fetch(database_url, "SELECT lease_owner, lease_token FROM webhooks WHERE id = $1", int(hook_id))
+    return rows[0]["lease_owner"], rows[0]["lease_token"]
 
 
 def delivery_task(hook_id: str) -> asyncio.Task[Any] | None:
@@ -384,19 +393,28 @@ def delivery_task(hook_id: str) -> asyncio.Task[Any] | None:
     return next((t for t in asyncio.all_tasks() if t.get_name() == f"webhook-{hook_id}"), None)
 
 
-async def holding(database_url: str, hook_id: str) -> int | None:
-    return await lock_holder(database_url, hook_id)
+async def holding(database_url: str, hook_id: str) -> str | None:
+    return (await lease_of(database_url, hook_id))[0]
 
 
 async def released(database_url: str, hook_id: str) -> bool:
-    return await lock_holder(database_url, hook_id) is None
+    return await holding(database_url, hook_id) is None
 
 
-async def test_a_delivery_cancelled_while_the_receiver_hangs_frees_its_endpoint(
+async def lease_counts(api: Api) -> dict[str, float]:
+    samples = metric_samples((await api.admin("GET", "/metrics")).raw.decode())
+    return {o: metric_total(samples, "orch_webhook_leases_total", outcome=o) for o in ("claimed", "taken_over", "lost")}
+
+
+# A 30 s time limit makes leases of 65 s: an endpoint free again within seconds was given up.
+LONG_LEASE = 30.0
+
+
+async def test_a_delivery_cancelled_while_the_receiver_hangs_gives_its_lease_up(
     database_url: str, receiver: Receiver
 ) -> None:
     receiver.hold = {1}
-    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=30)
+    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=LONG_LEASE)
     async with gateway_api(settings) as (_gw, api):
         key = await api.tenant("t")
         hook = await register(api, key, receiver.url())
@@ -407,84 +425,146 @@ async def test_a_delivery_cancelled_while_the_receiver_hangs_frees_its_endpoint(
         assert task is not None
         task.cancel()
         # Freed at once, and delivered on the next round; the hung attempt never answers.
-        await eventually(lambda: released(database_url, hook["id"]), timeout=5)
 
         async def delivered() -> bool:
             return bool((await webhook(api, key, hook["id"]))["delivered"] == 1)
 
         await eventually(delivered, timeout=5)
+        await eventually(lambda: released(database_url, hook["id"]), timeout=5)
         assert [e["job_id"] for e in receiver.delivered] == [job["id"]]
+        assert (await lease_counts(api))["claimed"] == 2
+
+
+async def waits_on_the_table(database_url: str, statement: str) -> bool:
+    """Whether a statement containing `statement` waits for a lock."""
+    n = await fetchval(
+        database_url,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND strpos(query, $1) > 0",
+        statement,
+    )
+    return bool(n)
 
 
 @pytest.mark.parametrize("cancels", ["once", "until_done"])
-async def test_a_delivery_cancelled_inside_a_statement_frees_its_endpoint(
+async def test_a_delivery_cancelled_inside_a_statement_gives_its_lease_up(
     database_url: str, receiver: Receiver, cancels: str
 ) -> None:
-    # The test locks the table against writes (a table lock takes no xid, which would hold the
-    # event back), so recording the delivery waits. Cancelled there, and cancelled again while it
-    # cleans up (a shutdown on top of a shutdown), the delivery must leave no lock behind.
-    settings = gateway_settings(database_url, allow=LOCAL)
+    # While the receiver holds the first attempt, the test locks the table against writes (a
+    # table lock takes no xid, which would hold the event back), so recording the delivery waits.
+    # Cancelled there, and cancelled again while it cleans up (a shutdown on top of a shutdown),
+    # the delivery still gives its lease up once the table is free: long before it runs out.
+    receiver.hold = {1}
+    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=LONG_LEASE)
     async with gateway_api(settings) as (_gw, api):
         key = await api.tenant("t")
         hook = await register(api, key, receiver.url())
+        job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
+        await eventually(lambda: _true_if(receiver.attempts == 1))
+        _, token = await lease_of(database_url, hook["id"])
         blocker = await db.connect(database_url)
         try:
             tx = blocker.transaction()
             await tx.start()
             await blocker.execute("LOCK TABLE webhooks IN SHARE MODE")
-            job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
-            pid = await eventually(lambda: holding(database_url, hook["id"]))
+            receiver.release.set()
 
-            async def waiting_on_the_table() -> bool:
-                rows = await fetch(database_url, "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
-                return bool(rows) and rows[0][0] == "Lock"
-
-            await eventually(waiting_on_the_table)
+            await eventually(lambda: waits_on_the_table(database_url, "delivered = delivered + 1"))
             task = delivery_task(hook["id"])
             assert task is not None
             task.cancel()
             while cancels == "until_done" and not task.done():
                 await asyncio.sleep(0)
                 task.cancel()
-            if cancels == "once":
-                # released while the table is still locked: the blocked statement was abandoned
-                await eventually(lambda: released(database_url, hook["id"]), timeout=5)
+            # The lease is given up all the same, once the table lets it.
+            await eventually(lambda: waits_on_the_table(database_url, "SET lease_owner = NULL"))
+            assert await holding(database_url, hook["id"]) is not None
             await tx.rollback()
         finally:
             await blocker.close()
-        await eventually(lambda: released(database_url, hook["id"]), timeout=5)
-
-        async def delivered() -> bool:
-            return bool((await webhook(api, key, hook["id"]))["delivered"] == 1)
-
-        await eventually(delivered, timeout=5)
-        # at least once: an attempt whose recording was cancelled is made again
-        assert {e["job_id"] for e in receiver.delivered} == {job["id"]}
-
-
-async def test_a_database_connection_terminated_mid_delivery_frees_its_endpoint(
-    database_url: str, receiver: Receiver
-) -> None:
-    receiver.hold = {1}
-    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=30)
-    async with gateway_api(settings) as (_gw, api):
-        key = await api.tenant("t")
-        hook = await register(api, key, receiver.url())
-        job = (await api.signed(key, "POST", "/v1/jobs", {"payload": {}})).body
-        await eventually(lambda: _true_if(receiver.attempts == 1))
-        pid = await eventually(lambda: holding(database_url, hook["id"]))
-        assert await fetchval(database_url, "SELECT pg_terminate_backend($1)", pid)
-        await eventually(lambda: released(database_url, hook["id"]), timeout=5)
-        receiver.release.set()  # the hung attempt answers now, to a publisher whose session is gone
 
         async def delivered() -> dict[str, Any] | None:
             state = await webhook(api, key, hook["id"])
             return state if state["delivered"] == 1 else None
 
-        state = await eventually(delivered, timeout=10)
-        assert (state["state"], state["last_status"]) == ("active", 204)
+        await eventually(delivered, timeout=5)
+        # given up, then claimed again for the delivery whose recording was cancelled: at least once
+        assert (await lease_of(database_url, hook["id"]))[1] == token + 1
         assert {e["job_id"] for e in receiver.delivered} == {job["id"]}
-        assert await lock_holder(database_url, hook["id"]) is None
+
+
+async def test_a_lease_that_ran_out_is_taken_over_and_fences_its_old_holder(
+    database_url: str, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The first gateway's POST hangs; its lease is made to run out as if the process had stalled
+    # past it. A second gateway takes the endpoint over and delivers; when the first one's POST
+    # finally answers, its record of it is refused (the lease token moved on), and it stops.
+    receiver.hold = {1}
+    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=LONG_LEASE)
+    caplog.set_level(logging.INFO, logger="orchestrator.gateway")
+    async with gateway_api(settings) as (_first, first):
+        key = await first.tenant("t")
+        hook = await register(first, key, receiver.url())
+        await first.signed(key, "POST", "/v1/jobs", {"payload": {}})
+        event = (await first.signed(key, "GET", "/v1/events?wait_ms=5000")).body["events"][0]
+        await eventually(lambda: _true_if(receiver.attempts == 1))
+        owner, token = await lease_of(database_url, hook["id"])
+        assert owner is not None
+        async with gateway_api(settings) as (_second, second):
+            await fetch(
+                database_url,
+                "UPDATE webhooks SET lease_until = now() - interval '1 second' WHERE id = $1",
+                int(hook["id"]),
+            )
+
+            async def delivered() -> dict[str, Any] | None:
+                state = await webhook(first, key, hook["id"])
+                return state if state["delivered"] == 1 else None
+
+            state = await eventually(delivered, timeout=10)
+            assert state["cursor"] == event["id"]
+            assert (await lease_counts(second))["taken_over"] == 1
+            assert f"webhook {hook['id']}: lease taken over from {owner}" in caplog.text
+            assert (await lease_of(database_url, hook["id"]))[1] == token + 1
+
+            receiver.release.set()  # the stalled holder's POST answers now
+
+            async def lost() -> bool:
+                return (await lease_counts(first))["lost"] == 1
+
+            await eventually(lost, timeout=10)
+            assert f"webhook {hook['id']}: lease {token} lost" in caplog.text
+            state = await webhook(first, key, hook["id"])
+            assert (state["delivered"], state["cursor"], state["attempts"]) == (1, event["id"], 0)
+            # delivered twice (at least once), recorded once, by the lease's holder
+            assert [e["id"] for e in receiver.delivered] == [event["id"], event["id"]]
+            assert (await lease_counts(first))["taken_over"] == 0
+
+
+async def test_a_delivery_longer_than_its_lease_renews_it(database_url: str, receiver: Receiver) -> None:
+    # Leases of 7 s (a 1 s time limit); 20 events answered in 0.4 s each take longer. The
+    # holder renews as it goes, so the other gateway never takes the endpoint over.
+    receiver.delay_s = 0.4
+    settings = gateway_settings(database_url, allow=LOCAL, webhook_timeout_seconds=1.0)
+    async with gateway_api(settings) as (_a, a), gateway_api(settings) as (_b, b):
+        key = await a.tenant("t")
+        hook = await register(a, key, receiver.url())
+        await a.signed(key, "POST", "/v1/jobs/batch", {"jobs": [{"payload": {"n": n}} for n in range(20)]})
+        expected = [e["id"] for e in (await a.signed(key, "GET", "/v1/events?wait_ms=5000")).body["events"]]
+        assert len(expected) == 20
+        untils = set()
+
+        async def all_delivered() -> bool:
+            rows = await fetch(database_url, "SELECT lease_until FROM webhooks WHERE id = $1", int(hook["id"]))
+            untils.add(rows[0]["lease_until"])
+            return len(receiver.delivered) == 20
+
+        await eventually(all_delivered, timeout=20, every=0.2)
+        assert [e["id"] for e in receiver.delivered] == expected
+        counts = [await lease_counts(api) for api in (a, b)]
+        assert sum(c["claimed"] for c in counts) == 1, counts
+        assert all(c["taken_over"] == 0 and c["lost"] == 0 for c in counts), counts
+        assert len(untils - {None}) >= 3  # claimed, then renewed on the way
+        await eventually(lambda: released(database_url, hook["id"]))
 
 
 async def _true_if(condition: bool) -> bool:

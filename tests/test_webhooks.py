@@ -361,10 +361,9 @@ async def test_an_endpoint_gets_only_the_types_it_asked_for_and_only_its_tenants
 async def test_two_gateway_processes_deliver_one_endpoint_in_order_without_duplicates(
     database_url: str, receiver: Receiver
 ) -> None:
-    # Every 15th attempt fails. The retry waits 1 to 2 s, longer than a publisher leaves an
-    # endpoint it found locked by the other process, so after each failure both race for it and
-    # delivery moves between them; the receiver is a little slow, so while one delivers the other
-    # finds the endpoint due and locked.
+    # Every 15th attempt fails. The holder gives its lease up and both processes wake for the
+    # retry (1 to 2 s later) and race to claim the endpoint, so delivery moves between them; the
+    # receiver is a little slow, so while one delivers the other finds the endpoint leased.
     receiver.answer = lambda n: web.Response(status=503) if n % 15 == 0 else None
     receiver.delay_s = 0.002
     env = {

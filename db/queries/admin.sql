@@ -100,15 +100,23 @@ SELECT worker_id, count(*) AS leases, count(*) FILTER (WHERE lease_expires_at < 
 -- name: admin_queue_list
 -- Each tenant's queues that are paused or hold open or dead jobs, read through the partial
 -- indexes of those states, as the gauges read them.
-WITH counts AS (
+WITH open AS (
+    -- One branch per state, each on its partial index (see stats_jobs).
+    SELECT tenant_id, queue, state, run_at FROM jobs WHERE state = 'scheduled' AND ($1::text IS NULL OR tenant_id = $1)
+    UNION ALL
+    SELECT tenant_id, queue, state, run_at FROM jobs WHERE state = 'ready' AND ($1::text IS NULL OR tenant_id = $1)
+    UNION ALL
+    SELECT tenant_id, queue, state, run_at FROM jobs WHERE state = 'running' AND ($1::text IS NULL OR tenant_id = $1)
+    UNION ALL
+    SELECT tenant_id, queue, state, run_at FROM jobs WHERE state = 'dead' AND ($1::text IS NULL OR tenant_id = $1)
+), counts AS (
     SELECT tenant_id, queue,
            count(*) FILTER (WHERE state = 'scheduled') AS scheduled,
            count(*) FILTER (WHERE state = 'ready') AS ready,
            count(*) FILTER (WHERE state = 'running') AS running,
            count(*) FILTER (WHERE state = 'dead') AS dead,
            extract(epoch FROM now() - min(run_at) FILTER (WHERE state = 'ready'))::float8 AS oldest_ready_s
-      FROM jobs
-     WHERE state IN ('scheduled', 'ready', 'running', 'dead') AND ($1::text IS NULL OR tenant_id = $1)
+      FROM open
      GROUP BY tenant_id, queue
 ), paused AS (
     SELECT tenant_id, queue FROM queue_pauses WHERE $1::text IS NULL OR tenant_id = $1

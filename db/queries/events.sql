@@ -124,23 +124,10 @@ UPDATE webhooks
  WHERE id = $1 AND tenant_id = $2
 RETURNING *;
 
--- name: webhook_due
--- Active endpoints due for an attempt that have events to look at past their cursor (one index
--- probe each), leaving out the ids in $2 (this process is on them, or another one is).
-WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-SELECT w.id FROM webhooks w
-  JOIN tenants t ON t.id = w.tenant_id AND NOT t.disabled
- WHERE w.state = 'active' AND w.next_attempt_at <= now() AND w.id <> ALL ($2::bigint[])
-   AND EXISTS (SELECT 1 FROM events e
-                WHERE e.tenant_id = w.tenant_id
-                  AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id)
-                  AND e.xid < (SELECT xmin FROM snap))
- ORDER BY w.next_attempt_at, w.id
- LIMIT $1;
-
 -- name: webhook_activity
 -- Whether any endpoint is active; whether one has committed events ahead that wait for an older
--- transaction; seconds until the earliest one waiting out a backoff is due (database clock).
+-- transaction; seconds until the earliest one waiting out a backoff is due, and until the
+-- earliest lease held by another process than $1 runs out (its holder may be gone); database clock.
 WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
 SELECT EXISTS (SELECT 1 FROM webhooks WHERE state = 'active') AS active,
        EXISTS (SELECT 1 FROM webhooks w
@@ -150,41 +137,80 @@ SELECT EXISTS (SELECT 1 FROM webhooks WHERE state = 'active') AS active,
                                  AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id)
                                  AND e.xid >= (SELECT xmin FROM snap))) AS withheld,
        (SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-          FROM webhooks WHERE state = 'active' AND attempts > 0 AND next_attempt_at > now()) AS next_retry_in;
-
--- name: webhook_try_lock
--- Session-level, so it holds while the delivery's HTTP request runs without keeping a
--- transaction (and an xid that would hold back every reader's xmin) open. Pooled sessions are
--- not reset: the holder unlocks, or closes the connection when it cannot (webhook_publisher).
-SELECT pg_try_advisory_lock(hashtextextended('orch.webhook:' || $1::bigint, 0));
-
--- name: webhook_unlock
-SELECT pg_advisory_unlock(hashtextextended('orch.webhook:' || $1::bigint, 0));
+          FROM webhooks WHERE state = 'active' AND attempts > 0 AND next_attempt_at > now()) AS next_retry_in,
+       (SELECT extract(epoch FROM min(lease_until) - now())::float8
+          FROM webhooks WHERE state = 'active' AND lease_until >= now() AND lease_owner <> $1) AS next_expiry_in;
 
 -- name: webhook_claim
--- The endpoint as it is now, once its lock is held, if it is still active and due.
-SELECT * FROM webhooks WHERE id = $1 AND state = 'active' AND next_attempt_at <= now();
+-- Leases up to $1 endpoints to the process $2 for $3 seconds: active, due, with events past
+-- their cursor (one index probe each), not leased or with a lease run out, leaving out the ids
+-- in $4. Each claim bumps lease_token, which every later write of the holder must name. The
+-- lease is a row, not a lock: nothing outlives this statement's transaction, so it works
+-- through transaction pooling, and an open transaction's xid never holds back event readers
+-- while the HTTP requests run. SKIP LOCKED: processes claiming at once take different
+-- endpoints, and a row changed under the pick is checked again before it is taken.
+-- previous_until is set when the last holder never released its lease (it died, or stalled).
+WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
+picked AS (
+    SELECT w.id, w.lease_owner AS previous_owner, w.lease_until AS previous_until
+      FROM webhooks w
+      JOIN tenants t ON t.id = w.tenant_id AND NOT t.disabled
+     WHERE w.state = 'active' AND w.next_attempt_at <= now() AND w.id <> ALL ($4::bigint[])
+       AND (w.lease_until IS NULL OR w.lease_until < now())
+       AND EXISTS (SELECT 1 FROM events e
+                    WHERE e.tenant_id = w.tenant_id
+                      AND (e.xid, e.id) > (w.cursor_xid, w.cursor_id)
+                      AND e.xid < (SELECT xmin FROM snap))
+     ORDER BY w.next_attempt_at, w.id
+     LIMIT $1
+       FOR UPDATE OF w SKIP LOCKED
+)
+UPDATE webhooks w
+   SET lease_owner = $2, lease_until = now() + make_interval(secs => $3::float8), lease_token = w.lease_token + 1
+  FROM picked p
+ WHERE w.id = p.id
+RETURNING w.*, p.previous_owner, p.previous_until;
+
+-- name: webhook_extend
+-- The holder of lease $2 keeps the endpoint $3 seconds more; no row: the lease is not its any more.
+UPDATE webhooks SET lease_until = now() + make_interval(secs => $3::float8)
+ WHERE id = $1 AND lease_token = $2
+RETURNING lease_until;
+
+-- name: webhook_release
+UPDATE webhooks SET lease_owner = NULL, lease_until = NULL
+ WHERE id = $1 AND lease_token = $2
+RETURNING id;
+
+-- name: webhook_lease
+-- Who holds the endpoint's lease now (for the log line of a holder that lost it).
+SELECT lease_owner, lease_until, lease_token FROM webhooks WHERE id = $1;
 
 -- name: webhook_delivered
+-- Fenced: only the holder of lease $5 moves the cursor; no row back otherwise.
 UPDATE webhooks
    SET cursor_xid = $2::xid8, cursor_id = $3::bigint, attempts = 0, delivered = delivered + 1,
        last_status = $4, last_error = NULL, last_attempt_at = now(), last_delivered_at = now()
- WHERE id = $1;
+ WHERE id = $1 AND lease_token = $5
+RETURNING id;
 
 -- name: webhook_advance
--- Past events the endpoint does not subscribe to.
-UPDATE webhooks SET cursor_xid = $2::xid8, cursor_id = $3::bigint WHERE id = $1;
+-- Past events the endpoint does not subscribe to; fenced as webhook_delivered.
+UPDATE webhooks SET cursor_xid = $2::xid8, cursor_id = $3::bigint
+ WHERE id = $1 AND lease_token = $4
+RETURNING id;
 
 -- name: webhook_failed
 -- A failed attempt: retry after the backoff ($6 base, $7 cap, $8 the jitter draw), or park the
 -- endpoint once $9 attempts have failed. The cursor moves past skipped events only ($2, $3).
+-- Fenced as webhook_delivered by the lease $10.
 UPDATE webhooks
    SET cursor_xid = $2::xid8, cursor_id = $3::bigint,
        attempts = attempts + 1,
        state = CASE WHEN attempts + 1 >= $9 THEN 'parked' ELSE 'active' END,
        next_attempt_at = now() + orch_backoff_ms(attempts + 1, $6, $7, $8) * interval '1 millisecond',
        last_status = $4, last_error = $5, last_attempt_at = now()
- WHERE id = $1
+ WHERE id = $1 AND lease_token = $10
 RETURNING state, attempts;
 
 -- name: consumer_lags

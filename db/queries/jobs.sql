@@ -8,6 +8,11 @@ WITH input AS (
                   $8::int[], $9::text[], $10::int[], $11::bigint[], $12::bigint[]) WITH ORDINALITY
            AS i(queue, kind, payload, priority, delay_ms, run_at, max_attempts, idempotency_key,
                 timeout_seconds, retry_base_ms, retry_cap_ms, ord)
+), policy AS (
+    -- Once per queue of the batch, not once per row: the lookup is most of a row's cost.
+    SELECT q.queue, p.max_attempts
+      FROM (SELECT DISTINCT queue FROM input) q
+     CROSS JOIN LATERAL orch_retry_policy($1, q.queue) p
 ), ins AS (
     INSERT INTO jobs (tenant_id, queue, kind, payload, priority, state, max_attempts, run_at,
                       idempotency_key, timeout_seconds, retry_base_ms, retry_cap_ms, traceparent)
@@ -17,7 +22,7 @@ WITH input AS (
            i.retry_base_ms, i.retry_cap_ms, $14
       FROM input i
       CROSS JOIN LATERAL (SELECT coalesce(i.run_at, now() + coalesce(i.delay_ms, 0) * interval '1 millisecond') AS run_at) t
-      CROSS JOIN LATERAL orch_retry_policy($1, i.queue) p
+      JOIN policy p ON p.queue = i.queue
      ORDER BY i.ord
     ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING *
@@ -48,10 +53,6 @@ SELECT * FROM jobs
  ORDER BY id DESC
  LIMIT $5;
 
--- name: tenant_pick
--- The function (migration 0007) keeps a generic plan: see its comment for the pick itself.
-SELECT id, max_inflight, vpass, lead_pass FROM orch_tenant_pick($1::text[], $2);
-
 -- name: runnable_queue_forget
 SELECT orch_runnable_forget($1, $2::text[]);
 
@@ -59,6 +60,10 @@ SELECT orch_runnable_forget($1, $2::text[]);
 -- The functions (migration 0008) hold the statement, keep its generic plan, and apply the
 -- tenant's in-flight cap.
 SELECT * FROM orch_job_lease_capped($1, $2::text[], $3::text[], $4, $5, $6);
+
+-- name: job_lease_shared
+-- The fair-share pick and the lease from each candidate in turn, in one statement (migration 0011).
+SELECT * FROM orch_job_lease_shared($1::text[], $2::text[], $3, $4, $5, $6);
 
 -- name: job_heartbeat
 -- A job with a hard timeout is never extended past started_at + timeout_seconds.

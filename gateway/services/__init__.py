@@ -8,6 +8,7 @@ from core import Settings
 
 from ..runtime import Service
 from .event_pruner import run_event_pruner
+from .history import run_history
 from .job_pruner import run_job_pruner
 from .metrics_snapshot import run_metrics_snapshots
 from .nonces import run_nonce_pruner
@@ -29,6 +30,7 @@ def services_for(settings: Settings) -> list[Service]:
         Service("event-pruner", run_event_pruner),
         Service("job-pruner", run_job_pruner),
         Service("webhook-publisher", run_webhook_publisher),
+        Service("console-history", run_history),
     ]
     if settings.metrics_dir is not None:
         services.append(Service("metrics-snapshot", run_metrics_snapshots))

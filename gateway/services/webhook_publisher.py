@@ -1,9 +1,11 @@
 """The webhook publisher: every gateway process runs one, delivering events to tenants' endpoints.
 
-An endpoint is delivered by one process at a time, in order: the process holds a session-level
-advisory lock on it while it POSTs, re-reads the endpoint's cursor once the lock is held, and
-moves the cursor after each delivery. The lock is released when the delivery ends however it
-ends; a connection that cannot confirm the release is closed, which releases it on the server.
+An endpoint is delivered by one process at a time, in order, under a lease kept in its row: one
+short UPDATE claims due endpoints that have events to deliver, and the holder renews the lease
+while it delivers, moves the cursor only while the lease is still its own (each write names the
+lease's token), and gives it up when the delivery ends. A process that dies leaves a lease that
+runs out, and another takes the endpoint over. Nothing is held in a database session between
+statements, so the pool may go through a transaction-mode pooler such as PgBouncer.
 
 Tenants choose the URLs, so deliveries never reach internal addresses (loopback, private,
 link-local, ...) unless the operator allows them: the address is checked after resolution, on
@@ -17,13 +19,16 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import random
 import re
+import secrets
 import socket
 import ssl
 import time
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import aiohttp
 import msgspec
@@ -48,14 +53,16 @@ from ..runtime import Runtime
 log = logging.getLogger("orchestrator.gateway")
 
 DELIVERY_BATCH = 100
-# An endpoint locked by another gateway is left to it for this long before this one looks again.
-BUSY_RETRY_SECONDS = 1.0
+# An endpoint whose delivery ran into an error here is left alone this long.
+REST_SECONDS = 1.0
 # Notifications come with every committed event; rounds are at least this far apart.
 MIN_ROUND_SECONDS = 0.02
 MAX_ERROR_CHARS = 500
 USER_AGENT = "job-orchestrator-webhooks/1"
-# A release of the endpoint lock that takes longer than this closes the connection instead.
-UNLOCK_TIMEOUT_SECONDS = 5.0
+# What a lease leaves beyond one POST for the statements around it and a stalled event loop.
+LEASE_MARGIN_SECONDS = 5.0
+# Giving a lease up is a courtesy (it runs out by itself): it gets this long.
+RELEASE_TIMEOUT_SECONDS = 5.0
 # How long registration waits for a name to resolve before leaving the check to delivery.
 REGISTRATION_RESOLVE_SECONDS = 5.0
 
@@ -63,6 +70,22 @@ _encode = msgspec.json.Encoder().encode
 
 # The publisher of each runtime, so routes that change an endpoint can wake it.
 _publishers: weakref.WeakKeyDictionary[Runtime, WebhookPublisher] = weakref.WeakKeyDictionary()
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claim or a renewal holds an endpoint: two POSTs' time limit and the margin.
+
+    One POST lasts at most ORCH_WEBHOOK_TIMEOUT_SECONDS (T). The holder renews before any POST
+    when less than T and the margin are left, so a live holder keeps its lease through the POST
+    and the write that records it; leasing for 2T and the margin makes that renewal one extra
+    statement every T seconds or more, not one per event. A holder that dies holds the endpoint
+    up to this long (25 s with the default T of 10 s)."""
+    return 2 * settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+
+
+def _owner_name() -> str:
+    """This process in lease_owner, for people reading the table and the logs; the token fences."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def kick(rt: Runtime) -> None:
@@ -287,12 +310,28 @@ def failure_class(exc: BaseException) -> str:
     return "connection error"
 
 
+@dataclass
+class _Lease:
+    """An endpoint this process holds."""
+
+    webhook_id: int
+    token: int
+    expires: float  # loop time; never later than the lease_until stored
+
+
+class LeaseLost(Exception):
+    """The lease is not this process's any more: taken over, or its endpoint deleted."""
+
+
 class WebhookPublisher:
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
+        self._owner = _owner_name()
+        self._lease_seconds = lease_seconds(rt.settings)
         self._kick = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
-        self._busy_until: dict[int, float] = {}  # endpoints another gateway is delivering
+        self._resting_until: dict[int, float] = {}  # endpoints whose delivery ran into an error here
+        self._releases: set[asyncio.Task[None]] = set()
         self._active = True  # whether the last round saw an active endpoint
         self._recheck = withheld_recheck()
         self._policy = destination_policy(rt.settings)
@@ -326,6 +365,7 @@ class WebhookPublisher:
         self._session = self._new_session(checked=True)
         self._trusted = self._new_session(checked=False) if self._policy.names else None
         _publishers[self._rt] = self
+        log.info("webhook publisher %s: leases of %.0f s", self._owner, self._lease_seconds)
         try:
             await self._loop()
         finally:
@@ -334,6 +374,9 @@ class WebhookPublisher:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Leases given up on the way out let another gateway go on at once (a rolling restart).
+            if self._releases:
+                await asyncio.wait(list(self._releases), timeout=RELEASE_TIMEOUT_SECONDS)
             await self._session.close()
             if self._trusted is not None:
                 await self._trusted.close()
@@ -364,98 +407,173 @@ class WebhookPublisher:
             await asyncio.sleep(MIN_ROUND_SECONDS)
 
     async def _round(self) -> float:
-        """Start deliveries for due endpoints; returns how long to wait before the next round."""
+        """Claim due endpoints and start their deliveries; returns how long to wait before the next round."""
         settings = self._rt.settings
+        metrics = self._rt.metrics
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._busy_until = {k: t for k, t in self._busy_until.items() if t > now}
+        self._resting_until = {k: t for k, t in self._resting_until.items() if t > now}
         free = settings.webhook_concurrency - len(self._inflight)
+        claims: list[db.WebhookClaim] = []
         async with self._rt.pool.acquire() as conn:
-            due = await db.webhook_due(conn, free, [*self._inflight, *self._busy_until]) if free > 0 else []
-            activity = await db.webhook_activity(conn)
-        for webhook_id in due:
-            task = asyncio.create_task(self._deliver(webhook_id), name=f"webhook-{webhook_id}")
+            activity = await db.webhook_activity(conn, self._owner)
+            # Taken before the claim is sent, the lease's end as seen here is never too late.
+            claimed_at = loop.time()
+            if free > 0:
+                exclude = [*self._inflight, *self._resting_until]
+                claims = await db.webhook_claim(conn, self._owner, free, self._lease_seconds, exclude)
+        for claim in claims:
+            webhook_id = claim.hook.id
+            metrics.webhook_leases.add(1, {"outcome": "claimed"})
+            if claim.previous_until is not None:
+                metrics.webhook_leases.add(1, {"outcome": "taken_over"})
+                log.warning(
+                    "webhook %d: lease taken over from %s, whose lease ran out at %s without being given up",
+                    webhook_id,
+                    claim.previous_owner,
+                    claim.previous_until.isoformat(),
+                )
+            lease = _Lease(webhook_id, claim.token, claimed_at + self._lease_seconds)
+            task = asyncio.create_task(self._deliver(claim.hook, lease), name=f"webhook-{webhook_id}")
             self._inflight[webhook_id] = task
         self._active = activity.active
         wait = settings.webhook_poll_seconds
-        if activity.next_retry_in is not None:
-            wait = min(wait, activity.next_retry_in)
-        if self._busy_until:
-            wait = min(wait, min(self._busy_until.values()) - now)
-        if activity.withheld and not due:
+        for soon in (activity.next_retry_in, activity.next_expiry_in):
+            if soon is not None:
+                wait = min(wait, soon)
+        if self._resting_until:
+            wait = min(wait, min(self._resting_until.values()) - now)
+        if activity.withheld and not claims:
             wait = min(wait, self._recheck.next())
         else:
             self._recheck.reset()
         return wait
 
-    async def _deliver(self, webhook_id: int) -> None:
+    async def _deliver(self, hook: db.WebhookRow, lease: _Lease) -> None:
         loop = asyncio.get_running_loop()
+        held = True
         try:
-            async with self._rt.pool.acquire() as conn:
-                locked: bool | None = None  # None: the attempt to lock was interrupted, it may hold
-                try:
-                    locked = await db.webhook_try_lock(conn, webhook_id)
-                    if not locked:
-                        self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
-                        return
-                    await self._deliver_locked(conn, webhook_id)
-                finally:
-                    if locked is not False:
-                        await _unlock(conn, webhook_id)
+            await self._deliver_leased(hook, lease)
+        except LeaseLost:
+            held = False
         except DB_ERRORS as exc:
-            log.warning("webhook %d: database unreachable: %r", webhook_id, exc)
-            self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
+            log.warning("webhook %d: database unreachable: %r", hook.id, exc)
+            self._resting_until[hook.id] = loop.time() + REST_SECONDS
         except Exception:
             # The publisher outlives whatever one endpoint runs into, and leaves that one be a while.
-            log.exception("webhook %d: delivery failed", webhook_id)
-            self._busy_until[webhook_id] = loop.time() + BUSY_RETRY_SECONDS
+            log.exception("webhook %d: delivery failed", hook.id)
+            self._resting_until[hook.id] = loop.time() + REST_SECONDS
         finally:
-            self._inflight.pop(webhook_id, None)
+            try:
+                if held:
+                    # Shielded: a cancelled delivery still gives its lease up, in the background.
+                    release = asyncio.create_task(self._release(lease), name=f"webhook-{hook.id}-release")
+                    self._releases.add(release)
+                    release.add_done_callback(self._releases.discard)
+                    await asyncio.shield(release)
+            finally:
+                self._inflight.pop(hook.id, None)
+                self._kick.set()
+
+    async def _release(self, lease: _Lease) -> None:
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_SECONDS), self._rt.pool.acquire() as conn:
+                await db.webhook_release(conn, lease.webhook_id, lease.token)
+        except Exception as exc:
+            log.warning(
+                "webhook %d: could not give its lease up, it runs out by itself within %.0f s: %r",
+                lease.webhook_id,
+                self._lease_seconds,
+                exc,
+            )
+        finally:
             self._kick.set()
 
-    async def _deliver_locked(self, conn: db.Conn, webhook_id: int) -> None:
+    async def _lost(self, lease: _Lease) -> LeaseLost:
+        """The lease was found gone: say to whom, and stop delivering."""
+        async with self._rt.pool.acquire() as conn:
+            now = await db.webhook_lease(conn, lease.webhook_id)
+        if now is None:
+            log.info("webhook %d: deleted while it was being delivered", lease.webhook_id)
+            return LeaseLost("deleted")
+        self._rt.metrics.webhook_leases.add(1, {"outcome": "lost"})
+        log.warning(
+            "webhook %d: lease %d lost, it ran out and the endpoint is under lease %d now (%s, until %s); "
+            "this delivery stops and the holder goes on from the stored cursor",
+            lease.webhook_id,
+            lease.token,
+            now.token,
+            now.owner or "given up since",
+            now.until.isoformat() if now.until is not None else "-",
+        )
+        return LeaseLost("taken over")
+
+    async def _renew(self, lease: _Lease) -> None:
+        """Keep the lease through the next POST and the write that records it."""
+        loop = asyncio.get_running_loop()
+        if lease.expires - loop.time() >= self._rt.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS:
+            return
+        renewed_at = loop.time()
+        async with self._rt.pool.acquire() as conn:
+            held = await db.webhook_extend(conn, lease.webhook_id, lease.token, self._lease_seconds)
+        if not held:
+            raise await self._lost(lease)
+        lease.expires = renewed_at + self._lease_seconds
+
+    async def _deliver_leased(self, hook: db.WebhookRow, lease: _Lease) -> None:
         """Deliver the endpoint's next events in order until one fails or the batch is done."""
         settings = self._rt.settings
         metrics = self._rt.metrics
-        hook = await db.webhook_claim(conn, webhook_id)
-        if hook is None:
-            return
-        page = await db.event_read(conn, hook.tenant_id, hook.cursor, DELIVERY_BATCH)
-        if page.gone:
-            log.warning("webhook %d: events after %s were pruned before delivery", webhook_id, hook.cursor)
-            metrics.webhook_deliveries.add(1, {"outcome": "pruned"})
-            page = await db.event_read(conn, hook.tenant_id, None, DELIVERY_BATCH)
+        pool = self._rt.pool
+        webhook_id = hook.id
+        async with pool.acquire() as conn:
+            page = await db.event_read(conn, hook.tenant_id, hook.cursor, DELIVERY_BATCH)
+            if page.gone:
+                log.warning("webhook %d: events after %s were pruned before delivery", webhook_id, hook.cursor)
+                metrics.webhook_deliveries.add(1, {"outcome": "pruned"})
+                page = await db.event_read(conn, hook.tenant_id, None, DELIVERY_BATCH)
         stored = hook.cursor
         position = page.start
         for cursor, event in zip(page.cursors, page.events, strict=True):
             if hook.event_types and event.type.value not in hook.event_types:
                 position = cursor
                 continue
+            await self._renew(lease)
             attempt = await self._post(hook, event)
             if attempt.ok and attempt.status is not None:
-                await db.webhook_delivered(conn, webhook_id, cursor, attempt.status)
+                async with pool.acquire() as conn:
+                    recorded = await db.webhook_delivered(conn, webhook_id, lease.token, cursor, attempt.status)
+                if not recorded:
+                    # Delivered, but the new holder starts from the stored cursor: at least once.
+                    raise await self._lost(lease)
                 metrics.webhook_deliveries.add(1, {"outcome": "delivered"})
                 stored = position = cursor
                 continue
-            outcome = await db.webhook_failed(
-                conn,
-                webhook_id,
-                position,
-                status=attempt.status,
-                error=(attempt.error or "failed")[:MAX_ERROR_CHARS],
-                base_ms=settings.webhook_retry_base_ms,
-                cap_ms=settings.webhook_retry_cap_ms,
-                # Half the ceiling at least, so successive waits keep growing.
-                jitter=0.5 + random.random() / 2,
-                max_attempts=settings.webhook_max_attempts,
-            )
-            state, attempts = outcome or ("deleted", 0)
+            async with pool.acquire() as conn:
+                outcome = await db.webhook_failed(
+                    conn,
+                    webhook_id,
+                    lease.token,
+                    position,
+                    status=attempt.status,
+                    error=(attempt.error or "failed")[:MAX_ERROR_CHARS],
+                    base_ms=settings.webhook_retry_base_ms,
+                    cap_ms=settings.webhook_retry_cap_ms,
+                    # Half the ceiling at least, so successive waits keep growing.
+                    jitter=0.5 + random.random() / 2,
+                    max_attempts=settings.webhook_max_attempts,
+                )
+            if outcome is None:
+                raise await self._lost(lease)
+            state, attempts = outcome
             metrics.webhook_deliveries.add(1, {"outcome": "parked" if state == "parked" else "failed"})
             if state == "parked":
                 log.warning("webhook %d parked after %d failed attempts: %s", webhook_id, attempts, attempt.error)
             return
         if position != stored:
-            await db.webhook_advance(conn, webhook_id, position)
+            async with pool.acquire() as conn:
+                if not await db.webhook_advance(conn, webhook_id, lease.token, position):
+                    raise await self._lost(lease)
 
     async def _post(self, hook: db.WebhookRow, event: Event) -> Attempt:
         if self._session is None:
@@ -495,19 +613,6 @@ class WebhookPublisher:
             return Attempt(False, None, failure_class(exc))
         finally:
             self._rt.metrics.webhook_duration.record(time.perf_counter() - t0)
-
-
-async def _unlock(conn: db.Conn, webhook_id: int) -> None:
-    """Release the endpoint's session lock. A connection that cannot confirm the release is closed,
-    which ends its session and the lock with it: it must never go back to the pool holding it."""
-    try:
-        async with asyncio.timeout(UNLOCK_TIMEOUT_SECONDS):
-            await db.webhook_unlock(conn, webhook_id)
-    except BaseException as exc:
-        conn.terminate()
-        if not isinstance(exc, Exception):
-            raise
-        log.warning("webhook %d: closed the connection that held its lock: %r", webhook_id, exc)
 
 
 async def run_webhook_publisher(rt: Runtime) -> None:

@@ -245,6 +245,7 @@ class Metrics:
         self.events_served = Tally(m, "orch_events_served", "Events handed to readers by transport")
         self.events_pruned = Tally(m, "orch_events_pruned", "Events deleted by retention")
         self.webhook_deliveries = Tally(m, "orch_webhook_deliveries", "Webhook delivery attempts by outcome")
+        self.webhook_leases = Tally(m, "orch_webhook_leases", "Webhook endpoint leases by outcome")
         self.service_restarts = Tally(m, "orch_service_restarts", "Background services restarted after a crash")
         self.jobs_pruned = Tally(m, "orch_jobs_pruned", "Finished jobs deleted by retention, by final state")
         for state in (JobState.SUCCEEDED, JobState.CANCELLED, JobState.DEAD):
@@ -260,6 +261,8 @@ class Metrics:
         # Series with known label values exist from the start, so rate() has data before the first event.
         for outcome in ("delivered", "failed", "parked"):
             self.webhook_deliveries.add(0, {"outcome": outcome})
+        for outcome in ("claimed", "taken_over", "lost"):
+            self.webhook_leases.add(0, {"outcome": outcome})
         for via in ("poll", "stream", "consumer"):
             self.events_served.add(0, {"via": via})
         self.queue_wait = self._histogram("orch_queue_wait_seconds", "Ready (run_at) to leased, per lease")
@@ -323,6 +326,10 @@ class Metrics:
     def set_stats(self, stats: Stats) -> None:
         self._stats = stats
         self._stats_at = time.monotonic()
+
+    def last_stats(self) -> tuple[Stats | None, float]:
+        """The figures the stats service read last (None before its first read), and their age in seconds."""
+        return self._stats, time.monotonic() - self._stats_at
 
     def _db_gauges(self, m: Meter) -> None:
         def jobs(_o: CallbackOptions) -> Iterable[Observation]:
