@@ -53,7 +53,6 @@ def _parser() -> argparse.ArgumentParser:
     # One per two cores: PostgreSQL and the workers need the rest (on 2 cores, one process used a
     # quarter less CPU per job than two, for the same drain and a lower latency).
     p.add_argument("--gateway-workers", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="gateway processes")
-    p.add_argument("--server", choices=("uvicorn", "granian"), help="the gateway's HTTP server (serve --server)")
     p.add_argument("--tenants", type=int, default=d.tenants)
     g = p.add_argument_group("latency")
     g.add_argument("--rate", type=float, default=d.rate, help="jobs per second, submitted one at a time")
@@ -173,7 +172,6 @@ def _config(args: argparse.Namespace) -> Config:
     base = Config(
         phases=phases,
         gateway_workers=args.gateway_workers,
-        server=args.server,
         tenants=args.tenants,
         rate=args.rate,
         latency_workers=args.latency_workers,

@@ -13,7 +13,6 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     quick: bool = False
     phases: tuple[str, ...] = PHASES
     gateway_workers: int = 2
-    server: str | None = None  # the gateway's HTTP server; None: serve's default
     tenants: int = 4
     # latency: jobs submitted one at a time at `rate` for `latency_seconds`, to idle parked workers
     rate: float = 100.0
