@@ -68,7 +68,10 @@ async def stdin_lines() -> asyncio.StreamReader:
 def say(line: bytes) -> None:
     # The event loop's pipes may have left stdout non-blocking, and a soak's report is megabytes.
     os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.buffer.write(line + b"\n")
+    # Under PYTHONUNBUFFERED the buffer is the raw file, whose write to a pipe may be partial.
+    data = memoryview(line + b"\n")
+    while data:
+        data = data[sys.stdout.buffer.write(data) or 0 :]
     sys.stdout.buffer.flush()
 
 

@@ -71,7 +71,8 @@ CREATE TABLE public.jobs (
     CONSTRAINT jobs_started_when_run CHECK (((state <> ALL (ARRAY['running'::public.job_state, 'succeeded'::public.job_state])) OR (started_at IS NOT NULL))),
     CONSTRAINT jobs_timeout_seconds_check CHECK ((timeout_seconds > 0)),
     CONSTRAINT jobs_traceparent_check CHECK ((traceparent ~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'::text))
-);
+)
+WITH (autovacuum_vacuum_threshold='1000', autovacuum_vacuum_scale_factor='0.01', autovacuum_vacuum_cost_delay='0');
 
 CREATE FUNCTION public.orch_job_lease_capped(p_tenant text, p_queues text[], p_workers text[], p_lease_seconds integer, p_pass_floor double precision, p_fifo boolean) RETURNS SETOF public.jobs
     LANGUAGE plpgsql
@@ -329,7 +330,8 @@ CREATE TABLE public.events (
     at timestamp with time zone DEFAULT now() NOT NULL,
     data jsonb DEFAULT '{}'::jsonb NOT NULL,
     CONSTRAINT events_type_check CHECK ((type = ANY (ARRAY['job.created'::text, 'job.started'::text, 'job.succeeded'::text, 'job.retry_scheduled'::text, 'job.dead'::text, 'job.cancelled'::text, 'job.replayed'::text])))
-);
+)
+WITH (autovacuum_vacuum_threshold='1000', autovacuum_vacuum_scale_factor='0.01', autovacuum_vacuum_cost_delay='0');
 
 ALTER TABLE public.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.events_id_seq
@@ -367,7 +369,8 @@ CREATE TABLE public.request_nonces (
     key_id text NOT NULL,
     nonce text NOT NULL,
     seen_at timestamp with time zone DEFAULT now() NOT NULL
-);
+)
+WITH (autovacuum_vacuum_threshold='1000', autovacuum_vacuum_scale_factor='0.01', autovacuum_vacuum_cost_delay='0');
 
 CREATE TABLE public.retention_policies (
     tenant_id text NOT NULL,
