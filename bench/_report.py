@@ -17,7 +17,7 @@ import msgspec
 
 Result = dict[str, Any]
 
-# The issue's targets, for a 2-core machine with everything local.
+# The targets, for a 2-core machine with everything local.
 TARGET_P50_MS = 2.5
 TARGET_P99_MS = 6.0
 TARGET_DRAIN_JOBS_S = 12_000.0
@@ -106,7 +106,7 @@ def _get(result: Result, *path: str) -> Any:
 
 
 def targets(result: Result) -> list[Result]:
-    """Each target of the issue that this result measured: the figure, the bound, met or not."""
+    """Each target that this result measured: the figure, the bound, met or not."""
     out: list[Result] = []
 
     def add(name: str, value: Any, bound: float, at_most: bool) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -246,3 +249,72 @@ async def test_console_in_chromium(api: Api, gateway: InProcessGateway, tmp_path
     assert names == sorted(f"{n}.png" for n in taken)
     assert {*taken} >= {"overview", "jobs", "job", "dead", "queues", "schedules", "workers", "events", "tenants"}
     assert all((shots / n).stat().st_size > 1000 for n in names)
+
+
+@pytest.mark.timeout(240)
+async def test_on_the_demos_server_a_dead_job_is_found_read_replayed_and_succeeds(database_url: str) -> None:
+    """What a new user does: `just demo --keep`, sign in with the token file it names, find a
+    dead job, read its error, replay it and watch it succeed."""
+    from playwright.async_api import async_playwright
+
+    root = Path(__file__).resolve().parent.parent
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "examples.demo", "--database-url", database_url, "--flood", "400", "--seconds", "3", "--keep"),
+        cwd=root,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    seen: list[str] = []
+    problems: list[str] = []
+    try:
+        console = token_file = None
+        async with asyncio.timeout(150):
+            while True:
+                line = (await demo.stdout.readline()).decode()
+                assert line, "the demo ended before keeping its server up:\n" + "".join(seen)
+                seen.append(line)
+                if m := re.search(r"console: (http://\S+)/ui \(sign in with the admin token in (.+)\)", line):
+                    console, token_file = m.group(1), m.group(2)
+                if "keep running" in line:
+                    break
+        assert console is not None and token_file is not None, "".join(seen)
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                page = await browser.new_page(base_url=console)
+                page.set_default_timeout(15_000)
+                page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+                page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+                await page.goto("/ui")
+                await page.fill("#token", Path(token_file).read_text().strip())
+                await page.click("button[type=submit]")
+                await page.wait_for_url("**/ui")
+                await page.click("nav >> text=Jobs")
+                await page.select_option("select[name=state]", "dead")
+                await page.fill("input[name=kind]", "crash")
+                await page.click("form.filters button")
+                await page.wait_for_url("**/ui/jobs?*state=dead*")
+                await page.locator("#jobs tbody a[href^='/ui/jobs/']").first.click()
+                await page.wait_for_url(re.compile(r".*/ui/jobs/\d+$"))
+                assert "this job always fails" in await page.inner_text("#last-error")
+                await page.click("#retry")  # "Replay", for a dead job
+                assert "replayed" in await page.inner_text(".done")
+
+                async def succeeded() -> bool:
+                    await page.reload()
+                    return "succeeded" in await page.inner_text("h1")
+
+                await eventually(succeeded, timeout=30, every=0.3)
+                assert "fixed" in await page.inner_text("main")  # the result the replayed run returned
+            finally:
+                await browser.close()
+    finally:
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(demo.communicate(), 60)
+    out = "".join(seen) + rest.decode()
+    assert demo.returncode == 0, out
+    assert "stopped cleanly" in out
+    assert problems == []
