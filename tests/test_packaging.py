@@ -32,7 +32,7 @@ def _run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     uv = shutil.which("uv")
     if uv is None:
-        pytest.skip("uv is not on PATH: it builds the wheel and the environment")
+        pytest.skip("uv is not on PATH; it builds the wheel and the client-only environment (pip install uv)")
     root = tmp_path_factory.mktemp("client")
     built = _run(uv, "build", "--wheel", "--out-dir", str(root / "dist"), cwd=Path(__file__).parent.parent)
     assert built.returncode == 0, built.stderr

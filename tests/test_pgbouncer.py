@@ -33,7 +33,7 @@ PGBOUNCER = shutil.which("pgbouncer") or next(
     (p for p in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.path.exists(p)), None
 )
 needs_pgbouncer = pytest.mark.skipif(
-    PGBOUNCER is None, reason="pgbouncer is not installed (Debian: apt-get install pgbouncer)"
+    PGBOUNCER is None, reason="pgbouncer is not installed (Debian: apt-get install pgbouncer; .ci/run does)"
 )
 # PgBouncer refuses to run as root; as root it runs as the user the embedded PostgreSQL runs as.
 SYSTEM_USER = "pgserver"

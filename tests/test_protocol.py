@@ -30,7 +30,9 @@ VECTORS = NODE_DIR / "vectors.json"
 CURL_EXAMPLE_MARKER = "# example: signed-curl"
 
 NODE = shutil.which("node")
-needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed: the Node client cannot run")
+needs_node = pytest.mark.skipif(
+    NODE is None, reason="node is not installed, so the Node client example cannot run (Debian: apt-get install nodejs)"
+)
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -97,7 +99,7 @@ def test_the_node_clients_own_tests_pass() -> None:
 
 @pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("openssl") is None,
-    reason="the documented example needs curl and openssl, and one of them is missing",
+    reason="the documented shell example needs curl and openssl (Debian: apt-get install curl openssl)",
 )
 @pytest.mark.timeout(60)
 async def test_the_documented_curl_and_openssl_example_signs_requests_the_gateway_accepts(api: Api) -> None:
