@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..runtime import Runtime
 from ..telemetry import merge
@@ -36,8 +37,6 @@ WAIT = "orch_queue_wait_seconds"
 _FAMILIES = (*COUNTERS, WAIT)
 _PREFIXES = (*COUNTERS, WAIT + "_bucket", WAIT + "_sum", WAIT + "_count")
 _COMMENTS = tuple(f"# {kind} {name} " for name in _FAMILIES for kind in ("TYPE", "HELP"))
-_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @dataclass
@@ -72,18 +71,8 @@ def parse(text: str, *, per_tenant: bool = True) -> tuple[Figures, dict[str, Fig
     metrics carry no tenant label)."""
     total = Figures()
     tenants: dict[str, Figures] = {}
-    for line in text.splitlines():
-        if not line.startswith(_PREFIXES):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        name, raw_labels, raw_value = m.groups()
-        try:
-            value = float(raw_value)
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(raw_labels or ""))
+    samples = (x for family in text_string_to_metric_families(_wanted(text)) for x in family.samples)
+    for name, labels, value, *_ in samples:
         tenant = labels.get("tenant")
         targets = [total] if tenant is None else [total, tenants.setdefault(tenant, Figures())]
         short = COUNTERS.get(name)
