@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import aiohttp
 import msgspec
 import uvicorn
+from aiohttp import web
 from multidict import CIMultiDict
 
 from core import Settings, signing
@@ -327,3 +328,20 @@ async def submit_until_every_process_served(
 
     per_process = await eventually(every_process_served, timeout=timeout, every=0.02)
     return submitted, per_process
+
+
+@contextlib.asynccontextmanager
+async def serve_routes(
+    port: int, posts: Mapping[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+) -> AsyncIterator[None]:
+    """An aiohttp server on 127.0.0.1:`port` answering POSTs to each path with its handler."""
+    app = web.Application()
+    for path, handler in posts.items():
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()

@@ -21,7 +21,17 @@ import pytest
 from aiohttp import web
 
 from .conftest import ADMIN_TOKEN
-from .support import Api, GatewayProcess, eventually, fetch, fetchval, free_port, metric_samples, metric_total
+from .support import (
+    Api,
+    GatewayProcess,
+    eventually,
+    fetch,
+    fetchval,
+    free_port,
+    metric_samples,
+    metric_total,
+    serve_routes,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -231,16 +241,11 @@ class WebhookReceiver:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[WebhookReceiver]:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        try:
-            yield self
-        finally:
-            self.release.set()
-            await runner.cleanup()
+        async with serve_routes(self.port, {"/hook": self._hook}):
+            try:
+                yield self
+            finally:
+                self.release.set()
 
 
 # The receivers listen on loopback, which webhooks reach only when allowed.

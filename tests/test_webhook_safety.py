@@ -33,6 +33,7 @@ from .support import (
     metric_samples,
     metric_total,
     running,
+    serve_routes,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,16 +99,11 @@ class Receiver:
 
     @asynccontextmanager
     async def serving(self) -> AsyncIterator[Receiver]:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        try:
-            yield self
-        finally:
-            self.release.set()
-            await runner.cleanup()
+        async with serve_routes(self.port, {"/hook": self._hook}):
+            try:
+                yield self
+            finally:
+                self.release.set()
 
 
 @pytest.fixture
