@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the few tenants compared with",
     )
     g.add_argument(
+        "--scale-drains",
+        type=int,
+        metavar="N",
+        help=f"drains timed on the empty table and on the loaded one, each; the ratio is of their medians "
+        f"(default {d.scale_drains}, quick: 1): a drain lasts seconds, and one is a single draw of a noisy machine",
+    )
+    g.add_argument(
         "--seed-connections",
         type=int,
         metavar="N",
@@ -160,6 +167,8 @@ def _config(args: argparse.Namespace) -> Config:
         raise SystemExit("--drain-concurrency must be 1..100 (a lease asks for at most 100 jobs)")
     if args.rounds < 1:
         raise SystemExit("--rounds must be at least 1")
+    if args.scale_drains is not None and args.scale_drains < 1:
+        raise SystemExit("--scale-drains must be at least 1")
     for name in ("scale_rows", "scale_waiting", "scale_tenants"):
         if (getattr(args, name) or 0) < 0:
             raise SystemExit(f"--{name.replace('_', '-')} must not be negative")
@@ -203,6 +212,7 @@ def _config(args: argparse.Namespace) -> Config:
         "scale_rows": args.scale_rows,
         "scale_waiting": args.scale_waiting,
         "scale_tenants": args.scale_tenants,
+        "scale_drains": args.scale_drains,
     }
     return msgspec.structs.replace(cfg, **{k: v for k, v in sizes.items() if v is not None})
 

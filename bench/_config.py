@@ -39,6 +39,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     seed_connections: int = 2
     scale_tenants: int = 10_000
     scale_tenants_base: int = 10
+    # drains on the empty table and on the loaded one, each; the scale ratios use their medians
+    scale_drains: int = 3
     # ui: timed GETs of each console page, on the table the scale phase seeds
     ui_requests: int = 20
     # soak: a steady submit-and-drain load with finished jobs and events kept `soak_retain_seconds`
@@ -46,7 +48,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     soak_rate: float = 1000.0
     soak_retain_seconds: int = 5
     soak_workers: int = 2
-    soak_naptime_seconds: int = 10  # autovacuum_naptime on the bench's own server; 0: as it is
+    soak_naptime_seconds: int = 1  # autovacuum_naptime on the bench's own server; 0: as it is
     profile: bool = False
     # Drain without ANALYZE first: with plans the gateways cached while the table was small.
     burst: bool = False
@@ -64,4 +66,5 @@ def quick(base: Config) -> Config:
         scale_rows=100_000,
         scale_waiting=10_000,
         scale_tenants=1000,
+        scale_drains=1,
     )

@@ -347,6 +347,14 @@ def render(result: Result) -> str:
                 rows,
             )
         )
+        repeats = _get(tp, "loaded", "repeats", "drain_jobs_per_s")
+        if repeats:
+            out.append(
+                f"    submit and drain: medians of {len(repeats)} runs each; drain jobs/s, empty table "
+                + ", ".join(_fmt(x, 0) for x in _get(tp, "empty", "repeats", "drain_jobs_per_s") or [])
+                + "; loaded "
+                + ", ".join(_fmt(x, 0) for x in repeats)
+            )
         out.extend(_tenant_lines(sc.get("tenants")))
     out.extend(_ui_lines(result.get("ui")))
     tg = targets(result)
@@ -411,8 +419,9 @@ def _tenant_lines(tenants: Result | None) -> list[str]:
             rows.append(
                 [
                     f"{_fmt(r.get('tenants'))} tenants with work",
-                    _fmt(_get(r, "pick", "p50_ms")),
-                    _fmt(_get(r, "pick", "p99_ms")),
+                    _fmt(_get(r, "pick", "p50_ms"), 3),
+                    _fmt(_get(r, "pick", "p99_ms"), 3),
+                    _fmt(_get(r, "pick_client", "p50_ms")),
                     _fmt(_get(r, "lease", "p50_ms")),
                     _fmt(_get(r, "lease", "p99_ms")),
                     _fmt(_get(r, "lease", "tenants_leased_from")),
@@ -425,6 +434,7 @@ def _tenant_lines(tenants: Result | None) -> list[str]:
                 "many / few",
                 _fmt(ratios.get("pick_p50")),
                 _fmt(ratios.get("pick_p99")),
+                _fmt(ratios.get("pick_client_p50")),
                 _fmt(ratios.get("lease_p50")),
                 _fmt(ratios.get("lease_p99")),
                 "",
@@ -434,8 +444,20 @@ def _tenant_lines(tenants: Result | None) -> list[str]:
         "",
         f"scale, tenants: queue {tenants.get('queue')!r}, tenants and their ready jobs inserted in "
         f"{_fmt(tenants.get('seed_seconds'), 1)} s; pick = the gateway's fair-share statement alone, "
+        "timed in the server (and its round trip from the bench); "
         "lease = POST /v1/workers/lease (max_jobs 1, wait_ms 0, shared key)",
-        table(["", "pick p50 ms", "pick p99 ms", "lease p50 ms", "lease p99 ms", "tenants leased"], rows),
+        table(
+            [
+                "",
+                "pick p50 ms",
+                "pick p99 ms",
+                "pick round trip p50 ms",
+                "lease p50 ms",
+                "lease p99 ms",
+                "tenants leased",
+            ],
+            rows,
+        ),
     ]
 
 

@@ -35,6 +35,16 @@ LATENCY_FLOOR_MS = 5.0
 # deletes ends one naptime later, and the index pages that cycle's vacuum deletes are reusable
 # only once the next vacuum has seen them (its log: "newly deleted", then "reusable").
 REFERENCE_CYCLES = 3
+# ...and no earlier than this: the first 20 s carry the start (worker processes connecting, the
+# first batches queued behind them), with live rows and latency not yet at their level.
+WARMUP_S = 30.0
+# Latency is judged over this long at the reference and at the end (at most a third of the time
+# between them): a 20 s window's p99 is its 200 slowest jobs, which one stall of a few hundred
+# milliseconds decides on its own.
+VERDICT_WINDOW_S = 60.0
+# A table whose live rows more than doubled keeps rows longer than the run (request nonces, for
+# the replay window): growth by design, not bloat.
+FILLING_RATIO = 2.0
 SIZE_SPAN_CYCLES = 2
 SERIES_WINDOW_NS = 20 * 10**9
 # What an operator sets server-wide for autovacuum, recorded with the run.
@@ -68,10 +78,12 @@ SELECT c.relname, c.reloptions FROM pg_class c
 _SETTINGS = "SELECT name, setting, unit FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name"
 _NAPTIME_S = "SELECT setting::int FROM pg_settings WHERE name = 'autovacuum_naptime'"
 _WAL = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
-_UNFINISHED = "SELECT count(*) FROM jobs WHERE state IN ('ready', 'running', 'scheduled')"
+# The soak's own jobs only: an earlier phase of the run may leave jobs no worker serves.
+_UNFINISHED = "SELECT count(*) FROM jobs WHERE id > $1 AND state IN ('ready', 'running', 'scheduled')"
+_LAST_ID = "SELECT coalesce(max(id), 0) FROM jobs"
 
 
-async def _sample(s: Session, t0: float, submitted: int) -> Result:
+async def _sample(s: Session, t0: float, submitted: int, after_id: int) -> Result:
     tables: dict[str, Result] = {
         r["table"]: {k: int(v) for k, v in dict(r).items() if k != "table"} for r in await s.conn.fetch(_TABLES)
     }
@@ -81,7 +93,7 @@ async def _sample(s: Session, t0: float, submitted: int) -> Result:
         "at_s": round(time.monotonic() - t0, 1),
         "submitted": submitted,
         "wal_bytes": int(await s.conn.fetchval(_WAL)),
-        "unfinished": int(await s.conn.fetchval(_UNFINISHED)),
+        "unfinished": int(await s.conn.fetchval(_UNFINISHED, after_id)),
         "tables": tables,
     }
 
@@ -146,9 +158,8 @@ def _flat(ref: float, end: float, floor: float) -> bool:
 
 
 def _filling(a: Result, b: Result) -> bool:
-    """Whether a table's live rows grew: rows kept longer than the run (request nonces, for the
-    replay window) are growth by design, not bloat."""
-    return bool(b["live"] > a["live"] * FLAT_RATIO and b["live"] - a["live"] > 100)
+    """Whether a table's live rows grew past FILLING_RATIO: rows kept longer than the run."""
+    return bool(b["live"] > a["live"] * FILLING_RATIO and b["live"] - a["live"] > 100)
 
 
 def _sizes(samples: list[Result], at_s: float, span_s: float, table: str) -> dict[str, int]:
@@ -287,10 +298,11 @@ async def _soak(s: Session, per_tick: int, retain: str, naptime_set: bool) -> Re
         s.watch(agents)
         for a in agents:
             a.go()
+        after_id = int(await s.conn.fetchval(_LAST_ID))
         t0 = time.monotonic()
         wall0 = time.time_ns()
         before = s.cpu.sample()
-        samples.append(await _sample(s, t0, 0))
+        samples.append(await _sample(s, t0, 0, after_id))
         next_sample = t0 + SAMPLE_EVERY_S
         start = loop.time()
         ticks = round(cfg.soak_seconds / TICK_S)
@@ -306,20 +318,20 @@ async def _soak(s: Session, per_tick: int, retain: str, naptime_set: bool) -> Re
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if time.monotonic() >= next_sample:
-                samples.append(await _sample(s, t0, submitted))
+                samples.append(await _sample(s, t0, submitted, after_id))
                 next_sample += SAMPLE_EVERY_S
             if len(errors) > 10:
                 raise BenchError(f"soak: submits failing: {errors[-1]}")
         await asyncio.gather(*tasks)
         wall1 = time.time_ns()
-        samples.append(await _sample(s, t0, submitted))  # the last under load
+        samples.append(await _sample(s, t0, submitted, after_id))  # the last under load
         deadline = time.monotonic() + 60
-        while await s.conn.fetchval(_UNFINISHED):
+        while await s.conn.fetchval(_UNFINISHED, after_id):
             if time.monotonic() > deadline:
                 raise BenchError("soak: jobs still unfinished 60 s after the load stopped")
             await asyncio.sleep(0.2)
         after = s.cpu.sample()
-        drained = await _sample(s, t0, submitted)
+        drained = await _sample(s, t0, submitted, after_id)
     except BaseException:
         for t in tasks:
             t.cancel()
@@ -332,10 +344,11 @@ async def _soak(s: Session, per_tick: int, retain: str, naptime_set: bool) -> Re
     seconds = (wall1 - wall0) / 1e9
     # Windows of a sixth of the run, at most 20 s: the first after a warm-up of the same length.
     window = int(min(20.0, cfg.soak_seconds / 6) * 1e9)
-    ref_after_s = cfg.soak_retain_seconds + REFERENCE_CYCLES * naptime_s
+    ref_after_s = max(WARMUP_S, cfg.soak_retain_seconds + REFERENCE_CYCLES * naptime_s)
     last = samples[-1]
     ref = next((x for x in samples if x["at_s"] >= ref_after_s), last)
     ref_ns = wall0 + int(ref["at_s"] * 1e9)
+    judged = max(window, int(min(VERDICT_WINDOW_S * 1e9, (wall1 - ref_ns) / 3)))
     busy = _busy(samples[0], last, seconds)
     out: Result = {
         "seconds": seconds,
@@ -352,15 +365,17 @@ async def _soak(s: Session, per_tick: int, retain: str, naptime_set: bool) -> Re
         "reference": {
             "rule": (
                 f"the first sample at or after retention + {REFERENCE_CYCLES} x autovacuum_naptime "
-                f"({cfg.soak_retain_seconds} + {REFERENCE_CYCLES} x {naptime_s} = {ref_after_s:g} s)"
+                f"({cfg.soak_retain_seconds} + {REFERENCE_CYCLES} x {naptime_s} s), and no earlier than "
+                f"{WARMUP_S:g} s: {ref_after_s:g} s"
             ),
+            "latency_window_s": judged / 1e9,
             "after_s": ref_after_s,
             "at_s": ref["at_s"],
             "during_load": ref is not last,
         },
         "latency_start": _window(starts, lats, wall0 + window, wall0 + 2 * window),
-        "latency_reference": _window(starts, lats, ref_ns, ref_ns + window),
-        "latency_end": _window(starts, lats, wall1 - window, wall1),
+        "latency_reference": _window(starts, lats, ref_ns, ref_ns + judged),
+        "latency_end": _window(starts, lats, wall1 - judged, wall1),
         "latency_all": summary_ms([x / 1e6 for x in lats]),
         # Consecutive windows over the whole run, to tell a trend from a crowded moment.
         "latency_series": [
@@ -449,9 +464,17 @@ def soak_lines(so: dict[str, Any]) -> list[str]:
             + ("" if r["during_load"] else " (the run was shorter than that: no verdict)")
         )
     lr = so.get("latency_reference", so["latency_start"])
+    span = (so.get("reference") or {}).get("latency_window_s")
     out.append(
         table(
-            ["submit → start", "jobs", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+            [
+                f"submit → start, {span:.0f} s" if span else "submit → start",
+                "jobs",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+            ],
             [
                 [label, str(w["n"]), *(_fmt(w[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))]
                 for label, w in (("reference", lr), ("end", so["latency_end"]))

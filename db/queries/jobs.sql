@@ -75,7 +75,8 @@ RETURNING lease_expires_at, cancel_requested;
 
 -- name: job_complete_many
 -- Rows that changed come back with changed = true; the others in their current state, so the
--- caller can tell a repeated completion (same token, already succeeded) from a stale token.
+-- caller can tell a repeated completion (same token, already succeeded) from a stale token. The
+-- others are looked up only when some row did not change: usually all did.
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::jsonb[]) AS i(id, token, result)
 ), done AS (
@@ -94,6 +95,7 @@ SELECT true AS changed, d.* FROM done d
 UNION ALL
 SELECT false AS changed, j.* FROM jobs j
  WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM done)
+   AND (SELECT count(*) FROM done) < cardinality($1::bigint[])
    AND ($4::text IS NULL OR j.tenant_id = $4);
 
 -- name: job_fail_many
@@ -146,6 +148,7 @@ SELECT true AS changed, u.* FROM upd u
 UNION ALL
 SELECT false AS changed, j.* FROM jobs j
  WHERE j.id = ANY($1::bigint[]) AND j.id NOT IN (SELECT id FROM upd)
+   AND (SELECT count(*) FROM upd) < cardinality($1::bigint[])
    AND ($9::text IS NULL OR j.tenant_id = $9);
 
 -- name: job_reap_expired
@@ -243,7 +246,8 @@ WITH upd AS (
 SELECT true AS changed, u.* FROM upd u
 UNION ALL
 SELECT false AS changed, j.* FROM jobs j
- WHERE j.id = ANY($1::bigint[]) AND ($2::text IS NULL OR j.tenant_id = $2) AND j.id NOT IN (SELECT id FROM upd);
+ WHERE j.id = ANY($1::bigint[]) AND ($2::text IS NULL OR j.tenant_id = $2) AND j.id NOT IN (SELECT id FROM upd)
+   AND (SELECT count(*) FROM upd) < cardinality($1::bigint[]);
 
 -- name: job_dead_ids
 -- A page of a tenant's dead-letter queue, oldest first, for bulk replay.
