@@ -254,9 +254,18 @@ BEGIN
             forgotten := forgotten + 1;
         END IF;
     END LOOP;
+    IF forgotten > 0 AND pg_try_advisory_xact_lock(orch_tenant_lock_key(p_tenant)) THEN
+        UPDATE tenants t SET runnable = false
+         WHERE t.id = p_tenant AND t.runnable
+           AND NOT EXISTS (SELECT 1 FROM runnable_queues r WHERE r.tenant_id = p_tenant);
+    END IF;
     RETURN forgotten;
 END
 $$;
+
+CREATE FUNCTION public.orch_tenant_lock_key(p_tenant text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT hashtextextended('orch.runnable-tenant:' || p_tenant, 0) $$;
 
 CREATE FUNCTION public.orch_tenant_pick(p_queues text[], p_limit integer) RETURNS TABLE(id text, max_inflight integer, vpass double precision, lead_pass double precision)
     LANGUAGE plpgsql STABLE
@@ -268,7 +277,7 @@ BEGIN
     RETURN QUERY
     SELECT c.id, c.max_inflight, c.vpass, lead.vpass AS lead_pass
       FROM (SELECT t.id, t.max_inflight, t.vpass FROM tenants t
-             WHERE NOT t.disabled
+             WHERE NOT t.disabled AND t.runnable
                AND EXISTS (SELECT 1 FROM runnable_queues r
                             WHERE r.tenant_id = t.id AND r.queue = ANY(p_queues)
                               AND NOT EXISTS (SELECT 1 FROM queue_pauses p
@@ -278,7 +287,7 @@ BEGIN
              ORDER BY t.vpass, t.id
              LIMIT p_limit) c
      CROSS JOIN (SELECT t.vpass FROM tenants t
-             WHERE NOT t.disabled
+             WHERE NOT t.disabled AND t.runnable
                AND EXISTS (SELECT 1 FROM runnable_queues r
                             WHERE r.tenant_id = t.id AND r.queue = ANY(p_queues)
                               AND NOT EXISTS (SELECT 1 FROM queue_pauses p
@@ -288,6 +297,16 @@ BEGIN
              ORDER BY t.vpass DESC, t.id DESC
              LIMIT 1) lead
      ORDER BY c.vpass, c.id;
+END
+$$;
+
+CREATE FUNCTION public.orch_tenant_runnable() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(orch_tenant_lock_key(NEW.tenant_id));
+    UPDATE tenants SET runnable = true WHERE id = NEW.tenant_id AND NOT runnable;
+    RETURN NULL;
 END
 $$;
 
@@ -444,6 +463,7 @@ CREATE TABLE public.tenants (
     disabled boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     vpass double precision DEFAULT 0 NOT NULL,
+    runnable boolean DEFAULT false NOT NULL,
     CONSTRAINT tenants_id_check CHECK ((id ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$'::text)),
     CONSTRAINT tenants_max_inflight_check CHECK ((max_inflight >= 0)),
     CONSTRAINT tenants_weight_check CHECK (((weight >= 1) AND (weight <= 10000)))
@@ -563,7 +583,7 @@ CREATE INDEX schedule_fires_job ON public.schedule_fires USING btree (job_id) WH
 
 CREATE INDEX schedules_due ON public.schedules USING btree (next_fire_at) WHERE (NOT paused);
 
-CREATE INDEX tenants_pass ON public.tenants USING btree (vpass, id) WHERE (NOT disabled);
+CREATE INDEX tenants_pass ON public.tenants USING btree (vpass, id) WHERE ((NOT disabled) AND runnable);
 
 CREATE INDEX webhooks_due ON public.webhooks USING btree (next_attempt_at) WHERE (state = 'active'::text);
 
@@ -574,6 +594,8 @@ CREATE TRIGGER events_notify AFTER INSERT ON public.events REFERENCING NEW TABLE
 CREATE TRIGGER jobs_notify_insert AFTER INSERT ON public.jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.orch_jobs_notify();
 
 CREATE TRIGGER jobs_notify_update AFTER UPDATE ON public.jobs REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION public.orch_jobs_notify();
+
+CREATE TRIGGER runnable_queues_tenant AFTER INSERT ON public.runnable_queues FOR EACH ROW EXECUTE FUNCTION public.orch_tenant_runnable();
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES public.tenants(id) ON DELETE CASCADE;

@@ -125,6 +125,62 @@ async def test_tenant_pick_walks_tenants_in_pass_order_however_many_there_are(co
     assert all(r["lead_pass"] == 5000.0 for r in picked)
 
 
+async def test_tenant_pick_walks_past_no_idle_tenant(conn: Any) -> None:
+    # 5,000 tenants without work, their passes below every busy tenant's (idle tenants keep the
+    # pass they had): the pick's walk reads none of them.
+    await conn.execute(
+        """INSERT INTO tenants (id, vpass) SELECT 'idle' || g, -1 FROM generate_series(1, 5000) g;
+           ANALYZE tenants"""
+    )
+    busy = await conn.fetchval("SELECT count(*) FROM tenants WHERE runnable")
+    body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_tenant_pick'")
+    query = body.split("RETURN QUERY", 1)[1].split(";", 1)[0]
+    query = query.replace("p_queues", "$1::text[]").replace("p_limit", "$2::int")
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + query, ["q0", "q1", "q2", "q3"], 8)
+    scans = [n for n in _nodes(json.loads(raw)[0]["Plan"]) if n.get("Relation Name") == "tenants"]
+    assert scans and all(n.get("Index Name") == "tenants_pass" for n in scans), scans
+    read = sum(n["Actual Rows"] * n["Actual Loops"] + n.get("Rows Removed by Filter", 0) for n in scans)
+    # at most every busy tenant once from each end (the pick and the lead pass), none of the idle
+    assert 0 < busy <= 20 and read <= 2 * busy, (busy, read, scans)
+
+
+async def test_a_tenant_is_runnable_while_it_has_a_runnable_pair(conn: Any, database_url: str) -> None:
+    async def runnable() -> bool:
+        return bool(await conn.fetchval("SELECT runnable FROM tenants WHERE id = 'flag'"))
+
+    insert = """INSERT INTO jobs (tenant_id, queue, payload, priority, state, max_attempts, run_at)
+                VALUES ('flag', $1, '{}', 0, 'ready', 5, now())"""
+    await conn.execute("INSERT INTO tenants (id) VALUES ('flag')")
+    assert not await runnable()
+    await conn.execute(insert, "a")
+    await conn.execute(insert, "b")
+    assert await runnable()
+    await conn.execute(
+        "UPDATE jobs SET state = 'succeeded', attempts = 1, started_at = now(), finished_at = now() WHERE tenant_id = 'flag'"
+    )
+    assert await conn.fetchval("SELECT orch_runnable_forget('flag', ARRAY['a'])") == 1
+    assert await runnable(), "queue b is still runnable"
+    # A transaction making a pair runnable holds the tenant's key shared until it commits: the
+    # flag is then left set (a pick passes over the tenant), never cleared under it.
+    other = await db.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT pg_advisory_xact_lock_shared(orch_tenant_lock_key('flag'))")
+            assert await conn.fetchval("SELECT orch_runnable_forget('flag', ARRAY['b'])") == 1
+            assert await runnable()
+    finally:
+        await other.close()
+    await conn.execute(insert, "c")
+    await conn.execute(
+        "UPDATE jobs SET state = 'succeeded', attempts = 1, started_at = now(), finished_at = now() WHERE tenant_id = 'flag'"
+    )
+    assert await conn.fetchval("SELECT orch_runnable_forget('flag', ARRAY['c'])") == 1
+    assert not await runnable(), "no pair left"
+    await conn.execute(insert, "a")
+    assert await runnable()
+
+
 async def test_forgetting_a_pair_probes_the_ready_index(conn: Any) -> None:
     # The check inside orch_runnable_forget, one pair at a time, with a generic plan.
     body = await conn.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'orch_runnable_forget'")
