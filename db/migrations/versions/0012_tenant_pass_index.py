@@ -13,10 +13,9 @@ Revises: 0011
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from db._alembic import run_script
+from db._alembic import earlier_function, run_script
 
 revision = "0012"
 down_revision = "0011"
@@ -60,22 +59,12 @@ $$;
 """
 
 
-def _0007_pick() -> str:
-    """0007's pick function, exactly as it created it, for the downgrade."""
-    spec = importlib.util.spec_from_file_location("_rev_0007", Path(__file__).with_name("0007_cached_plans.py"))
-    if spec is None or spec.loader is None:
-        raise RuntimeError("migration 0007 not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text: str = module.UPGRADE
-    start = text.index("CREATE FUNCTION orch_tenant_pick(")
-    end = text.index("$$;", text.index("AS $$", start) + 5) + 3
-    return "CREATE OR REPLACE" + text[start + len("CREATE") : end] + "\n"
-
-
 def upgrade() -> None:
     run_script(UPGRADE)
 
 
 def downgrade() -> None:
-    run_script(_0007_pick() + "DROP INDEX tenants_pass;\n")
+    run_script(
+        earlier_function(Path(__file__).with_name("0007_cached_plans.py"), "orch_tenant_pick")
+        + "DROP INDEX tenants_pass;\n"
+    )

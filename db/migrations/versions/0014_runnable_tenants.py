@@ -19,15 +19,16 @@ Revises: 0013
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from db._alembic import run_script
+from db._alembic import earlier_function, run_script
 
 revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
+
+_HERE = Path(__file__).parent
 
 # As 0012's, and only tenants with a runnable pair somewhere.
 _ELIGIBLE = """NOT t.disabled AND t.runnable
@@ -109,27 +110,14 @@ $$;
 """
 
 
-def _function(revision_file: str, name: str) -> str:
-    """A function exactly as an earlier revision created it, as CREATE OR REPLACE, for the downgrade."""
-    spec = importlib.util.spec_from_file_location(f"_rev_{name}", Path(__file__).with_name(revision_file))
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"migration {revision_file} not found")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    text: str = module.UPGRADE
-    start = text.index("FUNCTION " + name + "(")
-    end = text.index("$$;", text.index("AS $$", start) + 5) + 3
-    return "CREATE OR REPLACE " + text[start:end] + "\n"
-
-
 def upgrade() -> None:
     run_script(UPGRADE)
 
 
 def downgrade() -> None:
     run_script(
-        _function("0012_tenant_pass_index.py", "orch_tenant_pick")
-        + _function("0007_cached_plans.py", "orch_runnable_forget")
+        earlier_function(_HERE / "0012_tenant_pass_index.py", "orch_tenant_pick")
+        + earlier_function(_HERE / "0007_cached_plans.py", "orch_runnable_forget")
         + """
 DROP INDEX tenants_pass;
 CREATE INDEX tenants_pass ON tenants (vpass, id) WHERE NOT disabled;
